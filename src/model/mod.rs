@@ -1,0 +1,494 @@
+//! Loading models and running them with hooks.
+//!
+//! ```no_run
+//! use replens::prelude::*;
+//! let model = Model::load("smollm2-135m")?;
+//! let run = model.run(&["The cat sat on the mat."], &HookSpec::all_residual())?;
+//! let last = run.docs[0].cache.get_by_name("blocks.29.hook_resid_post")?;
+//! assert_eq!(last.dims()[1], model.d_model());
+//! # Ok::<(), replens::Error>(())
+//! ```
+
+pub mod bert;
+pub mod config;
+pub mod gguf;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod init;
+pub mod llama;
+pub mod source;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+
+pub use config::ArchConfig;
+pub use source::{ModelSource, SourceKind};
+
+use crate::error::{Context, Error, Result};
+use crate::hooks::{ActivationCache, HookSpec};
+use crate::progress::Progress;
+
+/// What one batched forward pass returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// Requested activations, each `(batch, seq, d)`.
+    pub cache: ActivationCache,
+    /// `(batch, seq, vocab)` for language models; `None` for encoders.
+    pub logits: Option<Tensor>,
+}
+
+/// A network of one architecture family: embeddings, blocks with hook points, final norm, head.
+pub trait Transformer: Send + Sync {
+    /// `input_ids`: `(batch, seq)` u32. `attention_mask`: `(batch, seq)` u32, 1 on real tokens,
+    /// 0 on right padding. Padding must not change the states of real tokens.
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &HookSpec,
+    ) -> Result<ForwardOutput>;
+}
+
+/// Options of [`Model::run_with`].
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Texts per forward pass (right-padded to the longest in the batch).
+    pub batch_size: usize,
+    /// Cut texts longer than the context window instead of failing.
+    pub truncate: bool,
+    /// Keep `(seq, vocab)` logits per text (large: off by default). Per-token loss is always kept.
+    pub keep_logits: bool,
+    /// Show progress (a bar in a terminal, a line every few seconds elsewhere).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 8,
+            truncate: false,
+            keep_logits: false,
+            progress: true,
+        }
+    }
+}
+
+impl RunOptions {
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+    pub fn truncate(mut self, yes: bool) -> Self {
+        self.truncate = yes;
+        self
+    }
+    pub fn keep_logits(mut self, yes: bool) -> Self {
+        self.keep_logits = yes;
+        self
+    }
+    pub fn progress(mut self, yes: bool) -> Self {
+        self.progress = yes;
+        self
+    }
+}
+
+/// Everything one forward pass produced for one text.
+#[derive(Debug, Clone)]
+pub struct DocRun {
+    /// Index of the text in the input slice.
+    pub index: usize,
+    pub token_ids: Vec<u32>,
+    /// Each token decoded on its own.
+    pub tokens: Vec<String>,
+    /// Activations of this text only, each `(seq, d)`.
+    pub cache: ActivationCache,
+    /// `(seq, vocab)` if [`RunOptions::keep_logits`].
+    pub logits: Option<Tensor>,
+    /// Cross-entropy of predicting token t+1 from the prefix up to t (length seq−1);
+    /// `None` for encoders.
+    pub token_loss: Option<Vec<f32>>,
+}
+
+/// The result of [`Model::run`]: one [`DocRun`] per input text, in input order.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub docs: Vec<DocRun>,
+}
+
+impl Run {
+    /// Mean token cross-entropy over all predicted tokens of all texts.
+    pub fn mean_loss(&self) -> Option<f64> {
+        let (sum, n) = self
+            .docs
+            .iter()
+            .filter_map(|d| d.token_loss.as_ref())
+            .flatten()
+            .fold((0.0f64, 0usize), |(s, n), &l| (s + l as f64, n + 1));
+        (n > 0).then(|| sum / n as f64)
+    }
+}
+
+/// A loaded model: network, tokenizer, config, and where it came from.
+pub struct Model {
+    name: String,
+    config: ArchConfig,
+    net: Box<dyn Transformer>,
+    tokenizer: Tokenizer,
+    source: ModelSource,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("family", &self.config.family())
+            .field("n_layers", &self.n_layers())
+            .field("d_model", &self.d_model())
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
+    if !path.exists() {
+        return Err(Error::Tokenizer(format!(
+            "missing tokenizer: {} does not exist",
+            path.display()
+        )));
+    }
+    Tokenizer::from_file(path)
+        .map_err(|e| Error::Tokenizer(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Weight files of an HF directory: `model.safetensors`, sharded `*.safetensors`, or `pytorch_model.bin`.
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut safetensors: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    safetensors.sort();
+    if !safetensors.is_empty() {
+        return Ok(safetensors);
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.exists() {
+        return Ok(vec![bin]);
+    }
+    Err(Error::InvalidInput(format!(
+        "no weights in {}: expected model.safetensors, *.safetensors shards or pytorch_model.bin",
+        dir.display()
+    )))
+}
+
+/// Read all tensors of the weight files as f32, with the file named in any error.
+fn read_weights(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Tensor>> {
+    let mut all = HashMap::new();
+    for file in files {
+        let tensors = if file.extension().is_some_and(|e| e == "bin") {
+            candle_core::pickle::read_all(file)
+                .context(|| format!("cannot read PyTorch weights {}", file.display()))?
+                .into_iter()
+                .collect::<Vec<_>>()
+        } else {
+            candle_core::safetensors::load(file, device)
+                .context(|| format!("cannot read safetensors {} (missing or corrupt?)", file.display()))?
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        for (name, t) in tensors {
+            let t = t
+                .to_dtype(DType::F32)
+                .context(|| format!("tensor {name} in {}", file.display()))?;
+            all.insert(name, t);
+        }
+    }
+    Ok(all)
+}
+
+impl Model {
+    /// Resolve `name` and load it: an existing path (HF directory or `.gguf` file), a packaged
+    /// model (see [`source`]), the local HF cache, then the hub. The chosen source and why the
+    /// others failed are in [`Model::source`].
+    pub fn load(name: &str) -> Result<Model> {
+        let resolved = source::resolve(name)?;
+        let mut model = match &resolved.kind {
+            SourceKind::Gguf => Self::from_gguf(&resolved.path)?,
+            _ => Self::from_dir(&resolved.path)?,
+        };
+        model.name = name.to_string();
+        model.source = resolved;
+        Ok(model)
+    }
+
+    /// Load a Hugging Face layout directory (config.json, tokenizer.json, weights).
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Model> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            });
+        }
+        let config = ArchConfig::from_file(&dir.join("config.json"))?;
+        let tokenizer = read_tokenizer(&dir.join("tokenizer.json"))?;
+        let device = Device::Cpu;
+        let weights = read_weights(&weight_files(dir)?, &device)?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::assemble(name, config, weights, tokenizer, ModelSource::local(dir), device)
+            .map_err(|e| match e {
+                Error::Candle { context, source } => Error::Candle {
+                    context: format!("{context} (weights in {})", dir.display()),
+                    source,
+                },
+                other => other,
+            })
+    }
+
+    /// Load a GGUF file (Llama-family), dequantised to f32, with the tokenizer from its metadata.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        let device = Device::Cpu;
+        let loaded = gguf::load(path, &device)?;
+        let name = path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::assemble(
+            name,
+            loaded.config,
+            loaded.weights,
+            loaded.tokenizer,
+            ModelSource::gguf(path),
+            device,
+        )
+    }
+
+    /// Build from in-memory parts (used by loaders and by the untrained twin).
+    pub fn assemble(
+        name: String,
+        config: ArchConfig,
+        weights: HashMap<String, Tensor>,
+        tokenizer: Tokenizer,
+        source: ModelSource,
+        device: Device,
+    ) -> Result<Model> {
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
+        let net = config.build(vb)?;
+        Ok(Model {
+            name,
+            config,
+            net,
+            tokenizer,
+            source,
+            device,
+        })
+    }
+
+    /// The untrained twin: same config and tokenizer, weights drawn by HF's init rules with `seed`.
+    pub fn untrained(&self, seed: u64) -> Result<Model> {
+        let specs = self.config.param_specs();
+        let weights = init::random_weights(&specs, seed, &self.device)?;
+        Self::assemble(
+            format!("{} (untrained, seed {seed})", self.name),
+            self.config.clone(),
+            weights,
+            self.tokenizer.clone(),
+            ModelSource::untrained(&self.source, seed),
+            self.device.clone(),
+        )
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn config(&self) -> &ArchConfig {
+        &self.config
+    }
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+    pub fn n_layers(&self) -> usize {
+        self.config.n_layers()
+    }
+    pub fn d_model(&self) -> usize {
+        self.config.d_model()
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token ids of each text (with the tokenizer's special tokens, as HF does by default).
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, t)| {
+                let enc = self
+                    .tokenizer
+                    .encode(t.as_ref(), true)
+                    .map_err(|e| Error::Tokenizer(format!("text {index}: {e}")))?;
+                Ok(enc.get_ids().to_vec())
+            })
+            .collect()
+    }
+
+    /// Run texts with default [`RunOptions`].
+    pub fn run<S: AsRef<str>>(&self, texts: &[S], hooks: &HookSpec) -> Result<Run> {
+        self.run_with(texts, hooks, &RunOptions::default())
+    }
+
+    /// Tokenize, batch with right padding, run, and split results per text.
+    pub fn run_with<S: AsRef<str>>(&self, texts: &[S], hooks: &HookSpec, opts: &RunOptions) -> Result<Run> {
+        let mut docs = Vec::with_capacity(texts.len());
+        self.for_each_doc(texts, hooks, opts, |doc| {
+            docs.push(doc);
+            Ok(())
+        })?;
+        Ok(Run { docs })
+    }
+
+    /// Streaming form of [`run_with`](Self::run_with): `f` sees each text's results as soon as its
+    /// batch is done, so a corpus never has to be held in memory.
+    pub fn for_each_doc<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        hooks: &HookSpec,
+        opts: &RunOptions,
+        f: impl FnMut(DocRun) -> Result<()>,
+    ) -> Result<()> {
+        let ids = self.prepare_ids(&self.tokenize(texts)?, opts.truncate)?;
+        self.for_each_doc_ids(&ids, hooks, opts, f)
+    }
+
+    /// Check lengths (empty text, context window) and truncate when asked.
+    pub fn prepare_ids(&self, ids: &[Vec<u32>], truncate: bool) -> Result<Vec<Vec<u32>>> {
+        let max = self.config.max_positions();
+        ids.iter()
+            .enumerate()
+            .map(|(index, ids)| {
+                if ids.is_empty() {
+                    return Err(Error::EmptyText { index });
+                }
+                if ids.len() > max {
+                    if !truncate {
+                        return Err(Error::ContextTooLong {
+                            index,
+                            len: ids.len(),
+                            max,
+                        });
+                    }
+                    return Ok(ids[..max].to_vec());
+                }
+                Ok(ids.clone())
+            })
+            .collect()
+    }
+
+    /// Run pre-tokenized ids (already checked by [`prepare_ids`](Self::prepare_ids)).
+    pub fn for_each_doc_ids(
+        &self,
+        ids: &[Vec<u32>],
+        hooks: &HookSpec,
+        opts: &RunOptions,
+        mut f: impl FnMut(DocRun) -> Result<()>,
+    ) -> Result<()> {
+        hooks.validate(self.n_layers())?;
+        if opts.batch_size == 0 {
+            return Err(Error::InvalidInput("batch_size must be at least 1".into()));
+        }
+        let mut progress = Progress::new(
+            &format!("replens: {} texts", self.name),
+            ids.len(),
+            opts.progress && ids.len() > opts.batch_size,
+        );
+        for (batch_no, batch) in ids.chunks(opts.batch_size).enumerate() {
+            let first = batch_no * opts.batch_size;
+            let (input, mask) = pad_batch(batch, &self.device)?;
+            let out = self.net.forward(&input, &mask, hooks)?;
+            let losses = match &out.logits {
+                Some(logits) => Some(token_losses(logits, &input)?),
+                None => None,
+            };
+            for (i, doc_ids) in batch.iter().enumerate() {
+                let len = doc_ids.len();
+                let mut cache = ActivationCache::new();
+                for (point, t) in out.cache.iter() {
+                    cache.insert(point, t.i((i, ..len))?.contiguous()?);
+                }
+                let logits = match (&out.logits, opts.keep_logits) {
+                    (Some(l), true) => Some(l.i((i, ..len))?.contiguous()?),
+                    _ => None,
+                };
+                let token_loss = match &losses {
+                    Some(l) => Some(l.i((i, ..len - 1))?.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let tokens = doc_ids
+                    .iter()
+                    .map(|&id| self.tokenizer.decode(&[id], false).unwrap_or_default())
+                    .collect();
+                f(DocRun {
+                    index: first + i,
+                    token_ids: doc_ids.clone(),
+                    tokens,
+                    cache,
+                    logits,
+                    token_loss,
+                })?;
+            }
+            progress.inc(batch.len());
+        }
+        progress.finish();
+        Ok(())
+    }
+
+    /// One raw forward pass over a padded batch (for code that manages batches itself).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, hooks: &HookSpec) -> Result<ForwardOutput> {
+        hooks.validate(self.n_layers())?;
+        self.net.forward(input_ids, attention_mask, hooks)
+    }
+}
+
+/// Right-pad token ids to the longest sequence; returns `(ids, mask)` both `(batch, seq)` u32.
+pub fn pad_batch(batch: &[Vec<u32>], device: &Device) -> Result<(Tensor, Tensor)> {
+    let seq = batch.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(batch.len() * seq);
+    let mut mask = Vec::with_capacity(batch.len() * seq);
+    for doc in batch {
+        ids.extend_from_slice(doc);
+        ids.extend(std::iter::repeat_n(0u32, seq - doc.len()));
+        mask.extend(std::iter::repeat_n(1u32, doc.len()));
+        mask.extend(std::iter::repeat_n(0u32, seq - doc.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (batch.len(), seq), device)?,
+        Tensor::from_vec(mask, (batch.len(), seq), device)?,
+    ))
+}
+
+/// Per-token next-token cross-entropy: `(batch, seq-1)`, entry t = −log p(x_{t+1} | x_{≤t}).
+pub fn token_losses(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    let (_, seq, _) = logits.dims3()?;
+    if seq < 2 {
+        let b = logits.dim(0)?;
+        return Ok(Tensor::zeros((b, 0), DType::F32, logits.device())?);
+    }
+    let log_probs = candle_nn::ops::log_softmax(&logits.narrow(1, 0, seq - 1)?, D::Minus1)?;
+    let targets = input_ids.narrow(1, 1, seq - 1)?.contiguous()?.unsqueeze(2)?;
+    Ok(log_probs.gather(&targets, 2)?.squeeze(2)?.neg()?)
+}
