@@ -132,6 +132,8 @@ pub struct HookSpec {
     points: Vec<HookPoint>,
     all_resid_post: bool,
     all_blocks: bool,
+    /// `all()` also keeps `hook_embed` and `ln_final` where the model has them.
+    ends: bool,
 }
 
 impl HookSpec {
@@ -143,9 +145,10 @@ impl HookSpec {
     /// Keep every hook point of every block, plus `hook_embed` and `ln_final`.
     pub fn all() -> Self {
         Self {
-            points: vec![HookPoint::Embed, HookPoint::LnFinal],
+            points: vec![],
             all_resid_post: true,
             all_blocks: true,
+            ends: true,
         }
     }
 
@@ -156,6 +159,7 @@ impl HookSpec {
             points: vec![HookPoint::Embed],
             all_resid_post: true,
             all_blocks: false,
+            ends: false,
         }
     }
 
@@ -195,8 +199,23 @@ impl HookSpec {
             HookPoint::ResidPre(_) | HookPoint::AttnOut(_) | HookPoint::MlpOut(_) => {
                 self.all_blocks
             }
-            _ => false,
+            HookPoint::Embed | HookPoint::LnFinal => self.ends,
         }
+    }
+
+    /// Was `point` named explicitly (not only implied by `all()` / `all_residual()`)?
+    pub fn names_explicitly(&self, point: HookPoint) -> bool {
+        self.points.contains(&point)
+    }
+
+    /// The same spec without the implied `ln_final` (for models that have no final norm).
+    pub fn without_implied_final_norm(&self) -> Self {
+        let mut spec = self.clone();
+        if spec.ends {
+            spec.ends = false;
+            spec.points.push(HookPoint::Embed);
+        }
+        spec
     }
 
     /// The explicit points of this spec, expanded for a model with `n_layers` blocks, in depth order.

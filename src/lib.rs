@@ -13,11 +13,15 @@
 //! # Ok::<(), replens::Error>(())
 //! ```
 
+pub mod data;
 pub mod error;
 pub mod frame;
 pub mod hooks;
+pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod plot;
+pub mod display;
 
 pub use candle_core;
 pub use candle_nn;

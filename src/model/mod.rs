@@ -29,7 +29,7 @@ pub use config::ArchConfig;
 pub use source::{ModelSource, SourceKind};
 
 use crate::error::{Context, Error, Result};
-use crate::hooks::{ActivationCache, HookSpec};
+use crate::hooks::{ActivationCache, HookPoint, HookSpec};
 use crate::progress::Progress;
 
 /// What one batched forward pass returns.
@@ -407,7 +407,7 @@ impl Model {
         opts: &RunOptions,
         mut f: impl FnMut(DocRun) -> Result<()>,
     ) -> Result<()> {
-        hooks.validate(self.n_layers())?;
+        let hooks = &self.check_hooks(hooks)?;
         if opts.batch_size == 0 {
             return Err(Error::InvalidInput("batch_size must be at least 1".into()));
         }
@@ -459,8 +459,27 @@ impl Model {
 
     /// One raw forward pass over a padded batch (for code that manages batches itself).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, hooks: &HookSpec) -> Result<ForwardOutput> {
+        let hooks = self.check_hooks(hooks)?;
+        self.net.forward(input_ids, attention_mask, &hooks)
+    }
+
+    /// Validate `hooks` against this model; drop the implied `ln_final` of `HookSpec::all()` for
+    /// encoders (they have no final norm), but reject it when named explicitly.
+    fn check_hooks(&self, hooks: &HookSpec) -> Result<HookSpec> {
         hooks.validate(self.n_layers())?;
-        self.net.forward(input_ids, attention_mask, hooks)
+        if self.config.is_encoder() {
+            if hooks.names_explicitly(HookPoint::LnFinal) {
+                return Err(Error::UnknownHook {
+                    name: HookPoint::LnFinal.to_string(),
+                    reason: format!(
+                        "BERT-family encoders have no final norm; use blocks.{}.hook_resid_post",
+                        self.n_layers().saturating_sub(1)
+                    ),
+                });
+            }
+            return Ok(hooks.without_implied_final_norm());
+        }
+        Ok(hooks.clone())
     }
 }
 

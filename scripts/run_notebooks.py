@@ -1,0 +1,89 @@
+"""Execute every notebook in notebooks/ headless in the evcxr Rust kernel and fail on any error.
+
+nbconvert/nbclient only fail on compile errors: a panic or an `Err` printed by a cell goes to
+stderr and the run "succeeds". So after executing, this script scans every output for error
+outputs, panics and `Error:` lines, and checks that cells tagged `chart` produced an inline image.
+Executed copies go to target/notebooks/ (the sources stay clean). Prints the run time per notebook.
+
+usage: .venv/bin/python scripts/run_notebooks.py [notebooks/01-....ipynb ...]
+"""
+import glob
+import os
+import sys
+import time
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+OUT = os.path.join(ROOT, "target", "notebooks")
+BAD_MARKERS = ("panicked at", "Error:", "error[E", "FAILED:")
+IMAGE_TYPES = ("image/svg+xml", "image/png")
+
+
+def problems(nb):
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        tags = cell.get("metadata", {}).get("tags", [])
+        has_image = False
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                found.append(f"cell {index}: {out.get('ename')}: {out.get('evalue')}")
+            text = out.get("text", "")
+            if isinstance(text, list):
+                text = "".join(text)
+            for marker in BAD_MARKERS:
+                if marker in text:
+                    line = next(l for l in text.splitlines() if marker in l)
+                    found.append(f"cell {index}: {line.strip()[:300]}")
+                    break
+            data = out.get("data", {})
+            if any(t in data for t in IMAGE_TYPES):
+                has_image = True
+        if "chart" in tags and not has_image:
+            found.append(f"cell {index}: tagged 'chart' but produced no inline image")
+    return found
+
+
+def main(paths):
+    paths = paths or sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+    os.makedirs(OUT, exist_ok=True)
+    failures = 0
+    timings = []
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        started = time.time()
+        client = NotebookClient(
+            nb,
+            kernel_name="rust",
+            timeout=1800,
+            resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}},
+        )
+        try:
+            client.execute()
+            errors = problems(nb)
+        except CellExecutionError as e:
+            errors = [str(e).splitlines()[0] if str(e) else "cell execution error"] + problems(nb)
+        except Exception as e:  # kernel died, timeout
+            errors = [f"{type(e).__name__}: {e}"]
+        elapsed = time.time() - started
+        nbformat.write(nb, os.path.join(OUT, os.path.basename(path)))
+        status = "ok" if not errors else "FAILED"
+        timings.append((os.path.basename(path), elapsed, status))
+        print(f"{os.path.basename(path)}: {status} in {elapsed:.0f} s", flush=True)
+        for e in errors:
+            print(f"  {e}", flush=True)
+        failures += bool(errors)
+    print("\nnotebook run times:")
+    for name, secs, status in timings:
+        print(f"  {name:45s} {secs:7.0f} s  {status}")
+    passed = len(paths) - failures
+    print(f"notebooks: {passed} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
