@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod plot;
+pub mod studies;
 pub mod display;
 
 pub use candle_core;
@@ -35,7 +36,9 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::frame::{pool, run_to_frame, Pooling};
     pub use crate::hooks::{ActivationCache, HookPoint, HookSpec};
+    pub use crate::display::show;
     pub use crate::model::{Model, Run, RunOptions};
+    pub use crate::plot::{Chart, HeatmapChart, HistogramChart, LineChart, RocChart, ScatterChart};
     pub use candle_core::{DType, Device, Tensor};
     pub use polars::prelude::DataFrame;
 }

@@ -54,6 +54,42 @@ enum Command {
     },
     /// List the packaged models and where they are looked for.
     Models,
+    /// Study 1: Diff-eRank and ΔL of a model against its untrained twin (Wei et al. 2024).
+    DiffErank {
+        /// Model: packaged alias (default, minilm), HF directory, .gguf file or hub id.
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Corpus: .txt (one text per line), .jsonl or .parquet.
+        #[arg(long)]
+        file: PathBuf,
+        /// Text column/field for .jsonl and .parquet files.
+        #[arg(long, default_value = "text")]
+        column: String,
+        /// Use at most this many texts (the first ones).
+        #[arg(long)]
+        max_texts: Option<usize>,
+        /// Truncate texts to this many tokens (the paper: 2048).
+        #[arg(long, default_value_t = 2048)]
+        max_tokens: usize,
+        /// Seed of the untrained twin's initialisation.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        /// Bootstrap resamples for the confidence intervals.
+        #[arg(long, default_value_t = 1000)]
+        resamples: usize,
+        /// Confidence level of the intervals.
+        #[arg(long, default_value_t = 0.95)]
+        level: f64,
+        /// `all` (per-layer curves too) or `last`.
+        #[arg(long, default_value = "all")]
+        layers: String,
+        /// Output directory: summary.csv, summary.parquet, per_sentence.parquet,
+        /// per_layer.parquet, per_layer.svg/.png.
+        #[arg(long, default_value = "out/diff-erank")]
+        out: PathBuf,
+    },
 }
 
 fn hook_spec(hooks: &str) -> replens::Result<HookSpec> {
@@ -134,6 +170,21 @@ fn run(cli: Cli) -> replens::Result<()> {
             }
             Ok(())
         }
+        Command::DiffErank {
+            model,
+            file,
+            column,
+            max_texts,
+            max_tokens,
+            seed,
+            batch_size,
+            resamples,
+            level,
+            layers,
+            out,
+        } => diff_erank_command(
+            &model, &file, &column, max_texts, max_tokens, seed, batch_size, resamples, level, &layers, &out,
+        ),
         Command::Models => {
             println!("models directory: {}", source::models_dir().display());
             for name in source::packaged_names() {
@@ -145,6 +196,60 @@ fn run(cli: Cli) -> replens::Result<()> {
             Ok(())
         }
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn diff_erank_command(
+    model: &str,
+    file: &std::path::Path,
+    column: &str,
+    max_texts: Option<usize>,
+    max_tokens: usize,
+    seed: u64,
+    batch_size: usize,
+    resamples: usize,
+    level: f64,
+    layers: &str,
+    out: &std::path::Path,
+) -> replens::Result<()> {
+    use replens::studies::{run_diff_erank, DiffErankConfig, Layers};
+    let layers: Layers = layers.parse()?;
+    let texts = replens::data::read_texts(file, column)?;
+    let model = load(model)?;
+    let mut cfg = DiffErankConfig::default()
+        .max_tokens(max_tokens)
+        .seed(seed)
+        .batch_size(batch_size)
+        .n_resamples(resamples)
+        .level(level)
+        .layers(layers);
+    cfg.max_texts = max_texts;
+    let started = Instant::now();
+    let res = run_diff_erank(&model, &texts, &cfg)?;
+    eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+    std::fs::create_dir_all(out).map_err(|source| replens::Error::Io { path: out.to_path_buf(), source })?;
+    let csv = out.join("summary.csv");
+    std::fs::write(&csv, res.summary_csv()).map_err(|source| replens::Error::Io { path: csv.clone(), source })?;
+    frame::write_parquet(&res.to_frame()?, out.join("summary.parquet"))?;
+    frame::write_parquet(&res.per_sentence, out.join("per_sentence.parquet"))?;
+    if let Some(pl) = &res.per_layer {
+        frame::write_parquet(pl, out.join("per_layer.parquet"))?;
+        let col = |name: &str| -> replens::Result<Vec<f64>> {
+            Ok(pl.column(name)?.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        };
+        let layer_no: Vec<f64> = (0..pl.height()).map(|l| l as f64).collect();
+        let chart = replens::plot::LineChart::new(format!("eRank per layer: {} vs its untrained twin", res.model))
+            .x_label("block (hook_resid_post)")
+            .y_label("dataset eRank exp(mean H)")
+            .series("trained", &layer_no, &col("erank_trained")?)
+            .series("untrained", &layer_no, &col("erank_untrained")?)
+            .build()?;
+        chart.save_svg(out.join("per_layer.svg"))?;
+        chart.save_png(out.join("per_layer.png"))?;
+    }
+    print!("{res}");
+    eprintln!("wrote {}", out.display());
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -252,6 +252,7 @@ impl Model {
                     context: format!("{context} (weights in {})", dir.display()),
                     source,
                 },
+                Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (model in {})", dir.display())),
                 other => other,
             })
     }
