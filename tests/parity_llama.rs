@@ -171,15 +171,13 @@ fn check_tiny(name: &str, model: &Model, fixture: &Path) -> f32 {
             &logits,
             &expected["batch/logits"].i((k, ..len)).unwrap(),
         );
-        for point in [last] {
-            let solo = single.cache.get(point).unwrap().i(0).unwrap();
-            pad_vs_single = pad_vs_single.max(diff(&ours, &solo).0);
-        }
+        let solo = single.cache.get(last).unwrap().i(0).unwrap();
+        pad_vs_single = pad_vs_single.max(scaled_diff(&ours, &solo));
         let solo_logits = single.logits.as_ref().unwrap().i(0).unwrap();
-        pad_vs_single = pad_vs_single.max(diff(&logits, &solo_logits).0);
+        pad_vs_single = pad_vs_single.max(scaled_diff(&logits, &solo_logits));
     }
     eprintln!(
-        "{name}: max |Δ| vs HF = {:.3e} (at {}, |x| ≤ {:.1}); padded vs unpadded = {pad_vs_single:.3e}",
+        "{name}: max |Δ| vs HF = {:.3e} (at {}, |x| ≤ {:.1}); padded vs unpadded: max |Δ|/max(1,|x|) = {pad_vs_single:.3e}",
         worst.abs, worst.at, worst.magnitude
     );
     assert!(
@@ -188,8 +186,9 @@ fn check_tiny(name: &str, model: &Model, fixture: &Path) -> f32 {
         worst.abs,
         worst.at
     );
+    // Bit-identical on the machine the fixtures were made on; slack for other CPUs' kernels.
     assert!(
-        pad_vs_single <= 1e-5,
+        pad_vs_single <= 1e-6,
         "{name}: padding changed real tokens by {pad_vs_single}"
     );
     worst.abs
@@ -460,7 +459,7 @@ fn smollm2_gguf_matches_transformers() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
-        pad_worst <= 1e-5,
+        pad_worst <= 1e-6,
         "padding changed real tokens by {pad_worst}"
     );
 }
@@ -549,7 +548,7 @@ fn gguf_metadata_errors_name_the_key() {
     );
     let err = error_of(&path);
     assert!(
-        err.contains("nokey.gguf") && err.contains("llama."),
+        err.contains("nokey.gguf") && err.contains("metadata key") && err.contains("is missing"),
         "{err}"
     );
 }

@@ -26,7 +26,10 @@ Two parts:
 Layout written (paths relative to the repository root):
 
     tests/fixtures/smollm2/expected.safetensors
-    tests/fixtures/smollm2/cases.json           sentences, hooked layers, tokenizer notes
+    tests/fixtures/smollm2/cases.json           sentences, hooked layers, tokenizer cases, and
+                                                hf_f32_vs_f64: per hook, transformers' own f32
+                                                rounding error (HF f32 vs the same model in f64),
+                                                which the test's tolerance is scaled by
     tests/fixtures/tiny-llama/model/ + expected.safetensors
     tests/fixtures/tiny-llama/untied/model/ + expected.safetensors
     tests/fixtures/tiny-llama/mistral/model/ + expected.safetensors
@@ -49,7 +52,7 @@ Keys of expected.safetensors:
     batch/ids, batch/mask        int64 (batch, seq)  tiny models: right padded with id 0
     batch/blocks.{L-1}.hook_resid_post, batch/logits
                                  f32   (batch, seq, .) HF on the padded batch (pad rows meaningless)
-    tok{k}/ids                   int64               SmolLM2 tokenizer-only cases (see cases.json)
+    tok{k}/hf_ids, tok{k}/smollm_ids  int64          SmolLM2 tokenizer-only cases (see cases.json)
 
 SmolLM2 keeps (to stay < 5 MB): hook_embed, blocks.{i}.hook_resid_post for all 30 blocks
 (HF's block i input *is* block i-1's output, so blocks.{i}.hook_resid_pre = blocks.{i-1}.hook_resid_post
@@ -67,8 +70,9 @@ Hook points (which HF module they come from):
 
 Attention runs with attn_implementation="eager" (the plain softmax(QK^T/sqrt(d)+mask)V reference).
 
-Needs (besides torch/transformers/safetensors/tokenizers) the `gguf` and `accelerate` packages:
-transformers refuses `from_pretrained(..., gguf_file=...)` without accelerate.
+Needs (besides torch/transformers/safetensors/tokenizers) the `gguf`, `accelerate` and `psutil`
+packages: transformers refuses `from_pretrained(..., gguf_file=...)` without accelerate.
+Runs single-threaded (torch.set_num_threads(1)) so the reference rounding is reproducible.
 
 Run with the reference venv:  /opt/ref/venv/bin/python scripts/reference/make_llama_fixtures.py
 """

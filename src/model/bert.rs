@@ -16,7 +16,7 @@
 //! `ln_final.hook_normalized` does not exist here; asking for it explicitly is an error.
 //! Encoders have no language-model head: `logits` is `None`.
 //!
-//! Arithmetic is f64 (see [`COMPUTE`] for why); recorded hooks are f32 `(batch, seq, d)`.
+//! Arithmetic is f64 (see the `COMPUTE` constant for why); recorded hooks are f32 `(batch, seq, d)`.
 
 use candle_core::{DType, IndexOp, Module, Tensor, D};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNormConfig, VarBuilder};

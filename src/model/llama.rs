@@ -22,7 +22,7 @@
 //! [`super::gguf`] has undone llama.cpp's row permutation of `q_proj` / `k_proj`.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::{Deserialize, Deserializer};
 
 use super::init::{Init, ParamSpec};
@@ -270,12 +270,12 @@ impl Config {
             )));
         }
         let (h, kv) = (self.num_attention_heads, self.n_kv_heads());
-        if h == 0 || kv == 0 || h % kv != 0 {
+        if h == 0 || kv == 0 || !h.is_multiple_of(kv) {
             return Err(Error::InvalidInput(format!(
                 "num_attention_heads ({h}) must be a positive multiple of num_key_value_heads ({kv})"
             )));
         }
-        if self.head_dim() == 0 || self.head_dim() % 2 != 0 {
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return Err(Error::InvalidInput(format!(
                 "head_dim ({}) must be even and positive for rotary embeddings",
                 self.head_dim()
@@ -470,7 +470,9 @@ impl Attention {
         let v = self.repeat_kv(v)?;
         // HF eager attention: (q @ kᵀ) * head_dim^-0.5 + mask, softmax in f32, @ v.
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        // kᵀ made contiguous: with a transposed view, `gemm` picks kernels by sequence length and
+        // a real token's scores would change in the last bits when padding lengthens the batch.
+        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.matmul(&v.contiguous()?)?;
         let out = out
@@ -529,7 +531,8 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<Block>,
     norm: RmsNorm,
-    lm_head: Linear,
+    /// `(vocab, d)`: the unembedding, shared with `embed_tokens` when tied.
+    lm_head: Tensor,
     inv_freq: Vec<f32>,
     vocab_size: usize,
     device: Device,
@@ -555,9 +558,9 @@ impl Llama {
         let norm = RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))
             .context(|| "model.norm.weight".to_string())?;
         let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            embed_tokens.embeddings().clone()
         } else {
-            candle_nn::linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))
+            vb.get((cfg.vocab_size, cfg.hidden_size), "lm_head.weight")
                 .context(|| "lm_head.weight".to_string())?
         };
         Ok(Self {
@@ -569,6 +572,29 @@ impl Llama {
             vocab_size: cfg.vocab_size,
             device,
         })
+    }
+
+    /// `logits = h Wᵀ`, computed as `(W hᵀ)ᵀ` with both operands contiguous. With `Wᵀ` as a
+    /// transposed view (candle's `Linear`), `gemm` picks its kernel by the number of rows, so a
+    /// text's logits would change in the last bits with the batch it is padded into; this form is
+    /// row-independent and copies neither the (possibly tied) vocabulary matrix nor much else.
+    /// A single row is doubled (and the copy dropped) because `gemm` has a separate
+    /// matrix-vector kernel for one column, which rounds differently.
+    fn logits(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d) = h.dims3()?;
+        let rows = h.reshape((b * t, d))?;
+        let rows = if b * t == 1 {
+            Tensor::cat(&[&rows, &rows], 0)?
+        } else {
+            rows
+        };
+        let vocab = self.lm_head.dim(0)?;
+        self.lm_head
+            .matmul(&rows.t()?.contiguous()?)?
+            .t()?
+            .narrow(0, 0, b * t)?
+            .contiguous()?
+            .reshape((b, t, vocab))
     }
 
     /// `cos`, `sin` of shape `(t, head_dim / 2)` for positions `0..t`, as HF's rotary embedding:
@@ -703,7 +729,7 @@ impl Transformer for Llama {
 
         let h = self.norm.forward(&x).context(|| "model.norm".to_string())?;
         cache.record(hooks, HookPoint::LnFinal, &h);
-        let logits = self.lm_head.forward(&h).context(|| "lm_head".to_string())?;
+        let logits = self.logits(&h).context(|| "lm_head".to_string())?;
         Ok(ForwardOutput {
             cache,
             logits: Some(logits),

@@ -161,8 +161,15 @@ fn read_tokenizer(path: &Path) -> Result<Tokenizer> {
             path.display()
         )));
     }
-    Tokenizer::from_file(path)
-        .map_err(|e| Error::Tokenizer(format!("cannot read {}: {e}", path.display())))
+    let mut tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| Error::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
+    // Some tokenizer.json files (e.g. sentence-transformers') pad and truncate everything to a
+    // fixed length; HF applies those only when asked, and so do we (RunOptions::truncate).
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+    Ok(tokenizer)
 }
 
 /// Weight files of an HF directory: `model.safetensors`, sharded `*.safetensors`, or `pytorch_model.bin`.
@@ -343,6 +350,10 @@ impl Model {
                     .tokenizer
                     .encode(t.as_ref(), true)
                     .map_err(|e| Error::Tokenizer(format!("text {index}: {e}")))?;
+                // Encoders turn "" into [CLS] [SEP]: only special tokens means no text.
+                if enc.get_special_tokens_mask().iter().all(|&m| m == 1) {
+                    return Err(Error::EmptyText { index });
+                }
                 Ok(enc.get_ids().to_vec())
             })
             .collect()

@@ -165,10 +165,14 @@ impl DiffErankConfig {
             )));
         }
         if self.batch_size == 0 {
-            return Err(Error::InvalidInput("Diff-eRank: batch_size must be at least 1".into()));
+            return Err(Error::InvalidInput(
+                "Diff-eRank: batch_size must be at least 1".into(),
+            ));
         }
         if self.n_resamples == 0 {
-            return Err(Error::InvalidInput("Diff-eRank: n_resamples must be at least 1".into()));
+            return Err(Error::InvalidInput(
+                "Diff-eRank: n_resamples must be at least 1".into(),
+            ));
         }
         if !(self.level > 0.0 && self.level < 1.0) {
             return Err(Error::InvalidInput(format!(
@@ -310,8 +314,24 @@ pub fn run_diff_erank_with_twin<S: AsRef<str>>(
     };
     let hooks = HookSpec::points(std::iter::once(last_point).chain(layer_points.iter().copied()));
 
-    let trained_docs = run_side(trained, "trained", &run_ids, &hooks, last_point, &layer_points, cfg)?;
-    let untrained_docs = run_side(untrained, "untrained", &run_ids, &hooks, last_point, &layer_points, cfg)?;
+    let trained_docs = run_side(
+        trained,
+        "trained",
+        &run_ids,
+        &hooks,
+        last_point,
+        &layer_points,
+        cfg,
+    )?;
+    let untrained_docs = run_side(
+        untrained,
+        "untrained",
+        &run_ids,
+        &hooks,
+        last_point,
+        &layer_points,
+        cfg,
+    )?;
 
     // Pair the sentences.
     let mut h0 = Vec::new();
@@ -337,10 +357,21 @@ pub fn run_diff_erank_with_twin<S: AsRef<str>>(
         }
     }
     if h0.is_empty() {
-        return Err(all_skipped(n_texts, skipped_too_few_tokens, skipped_no_variation));
+        return Err(all_skipped(
+            n_texts,
+            skipped_too_few_tokens,
+            skipped_no_variation,
+        ));
     }
 
-    let diff = paired_bootstrap_ci(&h0, &h1, diff_erank, cfg.n_resamples, cfg.level, cfg.bootstrap_seed)?;
+    let diff = paired_bootstrap_ci(
+        &h0,
+        &h1,
+        diff_erank,
+        cfg.n_resamples,
+        cfg.level,
+        cfg.bootstrap_seed,
+    )?;
     let (loss_untrained, loss_trained, delta_loss) = if !encoder && l0.len() == h0.len() {
         let ci = paired_bootstrap_ci(
             &l0,
@@ -451,10 +482,12 @@ fn run_side(
         let mut layers = Vec::with_capacity(layer_points.len());
         for &p in layer_points {
             let r: &Tensor = doc.cache.get(p)?;
-            layers.push(match erank_or_skip(r, &cfg.erank).map_err(|e| ctx(index, e))? {
-                SentenceErank::Computed(rep) => Some(rep.entropy),
-                SentenceErank::Skipped(_) => None,
-            });
+            layers.push(
+                match erank_or_skip(r, &cfg.erank).map_err(|e| ctx(index, e))? {
+                    SentenceErank::Computed(rep) => Some(rep.entropy),
+                    SentenceErank::Skipped(_) => None,
+                },
+            );
         }
         let slot = out.get_mut(index).ok_or_else(|| {
             Error::InvalidInput(format!("Diff-eRank: document index {index} out of range"))
@@ -490,7 +523,8 @@ fn per_sentence_frame(
     let mut l1 = vec![None; n];
     let mut used = vec![false; n];
     for (k, &i) in run_index.iter().enumerate() {
-        if let (Some(d0), Some(d1), Some(u)) = (untrained.get(k), trained.get(k), used_flags.get(k)) {
+        if let (Some(d0), Some(d1), Some(u)) = (untrained.get(k), trained.get(k), used_flags.get(k))
+        {
             e0[i] = entropy_of(d0);
             e1[i] = entropy_of(d1);
             l0[i] = d0.loss;
@@ -519,8 +553,14 @@ fn per_layer_frame(
     cfg: &DiffErankConfig,
 ) -> Result<DataFrame> {
     let mut layer = Vec::with_capacity(n_layers);
-    let (mut e1s, mut e0s, mut diffs, mut lo, mut hi, mut counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut e1s, mut e0s, mut diffs, mut lo, mut hi, mut counts) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for l in 0..n_layers {
         let mut h0 = Vec::new();
         let mut h1 = Vec::new();
@@ -543,7 +583,14 @@ fn per_layer_frame(
             hi.push(None);
             continue;
         }
-        let ci = paired_bootstrap_ci(&h0, &h1, diff_erank, cfg.n_resamples, cfg.level, cfg.bootstrap_seed)?;
+        let ci = paired_bootstrap_ci(
+            &h0,
+            &h1,
+            diff_erank,
+            cfg.n_resamples,
+            cfg.level,
+            cfg.bootstrap_seed,
+        )?;
         e0s.push(Some(mean(&h0).exp()));
         e1s.push(Some(mean(&h1).exp()));
         diffs.push(Some(ci.estimate));
@@ -574,8 +621,14 @@ impl DiffErankResult {
             ("family".into(), self.family.clone()),
             ("hook".into(), self.hook.clone()),
             (format!("Diff-eRank [{pct} CI]"), fmt_ci(&self.diff_erank)),
-            ("eRank untrained (M0)".into(), format!("{:.4}", self.erank_untrained)),
-            ("eRank trained (M1)".into(), format!("{:.4}", self.erank_trained)),
+            (
+                "eRank untrained (M0)".into(),
+                format!("{:.4}", self.erank_untrained),
+            ),
+            (
+                "eRank trained (M1)".into(),
+                format!("{:.4}", self.erank_trained),
+            ),
         ];
         match (&self.delta_loss, self.loss_untrained, self.loss_trained) {
             (Some(dl), Some(a), Some(b)) => {
@@ -588,8 +641,14 @@ impl DiffErankResult {
         rows.extend([
             ("texts".to_string(), self.n_texts.to_string()),
             ("sentences used".into(), self.n_used.to_string()),
-            ("skipped: < 2 tokens".into(), self.skipped_too_few_tokens.to_string()),
-            ("skipped: no variation".into(), self.skipped_no_variation.to_string()),
+            (
+                "skipped: < 2 tokens".into(),
+                self.skipped_too_few_tokens.to_string(),
+            ),
+            (
+                "skipped: no variation".into(),
+                self.skipped_no_variation.to_string(),
+            ),
             ("truncated".into(), self.n_truncated.to_string()),
             ("tokens used".into(), self.n_tokens.to_string()),
             ("twin seed".into(), self.config.seed.to_string()),
@@ -613,7 +672,10 @@ impl DiffErankResult {
             Column::new("family".into(), [self.family.as_str()]),
             Column::new("hook".into(), [self.hook.as_str()]),
             Column::new("sentences".into(), [self.n_used as u32]),
-            Column::new("skipped".into(), [(self.skipped_too_few_tokens + self.skipped_no_variation) as u32]),
+            Column::new(
+                "skipped".into(),
+                [(self.skipped_too_few_tokens + self.skipped_no_variation) as u32],
+            ),
             Column::new("tokens".into(), [self.n_tokens as u32]),
             Column::new("erank_untrained".into(), [self.erank_untrained]),
             Column::new("erank_trained".into(), [self.erank_trained]),

@@ -8,4 +8,6 @@
 
 pub mod diff_erank;
 
-pub use diff_erank::{run_diff_erank, run_diff_erank_with_twin, DiffErankConfig, DiffErankResult, Layers};
+pub use diff_erank::{
+    run_diff_erank, run_diff_erank_with_twin, DiffErankConfig, DiffErankResult, Layers,
+};
