@@ -27,19 +27,28 @@ fn ids(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
 }
 
 fn main() -> replens::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let name = args.first().map(String::as_str).unwrap_or("default");
     let model = Model::load(name)?;
     let seq = 128;
     let spec = HookSpec::all_residual();
-    println!("model {name}: {} layers, d={}, threads={}", model.n_layers(), model.d_model(), candle_core::utils::get_num_threads());
+    println!(
+        "model {name}: {} layers, d={}, threads={}",
+        model.n_layers(),
+        model.d_model(),
+        candle_core::utils::get_num_threads()
+    );
     for batch in [1usize, 8] {
         let data = ids(16, seq, model.config().vocab_size(), 42);
         let (input, mask) = pad_batch(&data[..batch], model.device())?;
         model.forward(&input, &mask, &spec)?; // warm-up
         let mut times = Vec::new();
         for rep in 0..5 {
-            let chunk = &data[(rep * batch) % 16..(rep * batch) % 16 + batch.min(16 - (rep * batch) % 16)];
+            let chunk =
+                &data[(rep * batch) % 16..(rep * batch) % 16 + batch.min(16 - (rep * batch) % 16)];
             let (input, mask) = pad_batch(chunk, model.device())?;
             let started = Instant::now();
             let out = model.forward(&input, &mask, &spec)?;
@@ -51,7 +60,11 @@ fn main() -> replens::Result<()> {
         }
         times.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (secs, tokens) = times[times.len() / 2];
-        println!("replens batch={batch} seq={seq}: median {:.3} s/batch, {:.0} tokens/s", secs, tokens as f64 / secs);
+        println!(
+            "replens batch={batch} seq={seq}: median {:.3} s/batch, {:.0} tokens/s",
+            secs,
+            tokens as f64 / secs
+        );
     }
     Ok(())
 }

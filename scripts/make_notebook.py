@@ -9,9 +9,9 @@ def flush():
     lines = [l + "\n" for l in text.split("\n")]
     if lines: lines[-1] = lines[-1].rstrip("\n")
     if kind == "md":
-        cells.append({"cell_type": "markdown", "metadata": {}, "source": lines})
+        cells.append({"cell_type": "markdown", "id": f"cell-{len(cells)}", "metadata": {}, "source": lines})
     else:
-        cells.append({"cell_type": "code", "metadata": {"tags": tags} if tags else {}, "source": lines, "outputs": [], "execution_count": None})
+        cells.append({"cell_type": "code", "id": f"cell-{len(cells)}", "metadata": {"tags": tags} if tags else {}, "source": lines, "outputs": [], "execution_count": None})
 for line in open(src):
     line = line.rstrip("\n")
     if line.startswith("%% "):

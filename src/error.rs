@@ -32,7 +32,11 @@ pub enum Error {
     #[error("unknown hook point '{name}': {reason}")]
     UnknownHook { name: String, reason: String },
     #[error("text {index} has {len} tokens but the model's context window is {max}; shorten it or set truncation")]
-    ContextTooLong { index: usize, len: usize, max: usize },
+    ContextTooLong {
+        index: usize,
+        len: usize,
+        max: usize,
+    },
     #[error("text {index} is empty (it produced no tokens)")]
     EmptyText { index: usize },
     #[error("{0}")]

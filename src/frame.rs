@@ -13,8 +13,8 @@ use polars::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::hooks::HookPoint;
-use crate::model::{DocRun, Model, Run, RunOptions};
 use crate::hooks::HookSpec;
+use crate::model::{DocRun, Model, Run, RunOptions};
 
 /// Column names of a frame, comma-separated, for error messages.
 pub fn column_names(df: &DataFrame) -> String {
@@ -81,14 +81,16 @@ pub fn pool(states: &Tensor, pooling: Pooling) -> Result<Tensor> {
 
 /// A `Array(Float32, d)` column from a row-major `(rows, d)` buffer.
 pub fn vectors_column(name: &str, values: Vec<f32>, d: usize) -> Result<Column> {
-    if d == 0 || values.len() % d != 0 {
+    if d == 0 || !values.len().is_multiple_of(d) {
         return Err(Error::InvalidInput(format!(
             "column {name}: {} values do not split into rows of width {d}",
             values.len()
         )));
     }
-    let series = Series::new(name.into(), values)
-        .reshape_array(&[ReshapeDimension::Infer, ReshapeDimension::new_dimension(d as u64)])?;
+    let series = Series::new(name.into(), values).reshape_array(&[
+        ReshapeDimension::Infer,
+        ReshapeDimension::new_dimension(d as u64),
+    ])?;
     Ok(series.into())
 }
 
@@ -108,8 +110,10 @@ fn doc_rows(doc: &DocRun, cols: &mut RowBuffers) -> Result<()> {
             cols.position.push(pos as u32);
             cols.hook.push(hook.clone());
             cols.layer.push(layer);
-            cols.token.push(doc.token_ids.get(pos).copied().unwrap_or(0));
-            cols.text.push(doc.tokens.get(pos).cloned().unwrap_or_default());
+            cols.token
+                .push(doc.token_ids.get(pos).copied().unwrap_or(0));
+            cols.text
+                .push(doc.tokens.get(pos).cloned().unwrap_or_default());
         }
         cols.values.extend(t.flatten_all()?.to_vec1::<f32>()?);
     }
@@ -132,7 +136,11 @@ impl RowBuffers {
     fn into_frame(self) -> Result<DataFrame> {
         let d = self.width.unwrap_or(1);
         let activation = if self.doc.is_empty() {
-            Series::new_empty(ACTIVATION.into(), &DataType::Array(Box::new(DataType::Float32), d)).into()
+            Series::new_empty(
+                ACTIVATION.into(),
+                &DataType::Array(Box::new(DataType::Float32), d),
+            )
+            .into()
         } else {
             vectors_column(ACTIVATION, self.values, d)?
         };
@@ -187,12 +195,17 @@ pub fn pooled_frame(run: &Run, hook: HookPoint, pooling: Pooling) -> Result<Data
         values.extend(v.to_vec1::<f32>()?);
         doc.push(r.index as u32);
         n_tokens.push(r.token_ids.len() as u32);
-        loss.push(r.token_loss.as_ref().filter(|l| !l.is_empty()).map(|l| {
-            l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64
-        }));
+        loss.push(
+            r.token_loss
+                .as_ref()
+                .filter(|l| !l.is_empty())
+                .map(|l| l.iter().map(|&x| x as f64).sum::<f64>() / l.len() as f64),
+        );
     }
     if doc.is_empty() {
-        return Err(Error::InvalidInput("pooled_frame: the run has no texts".into()));
+        return Err(Error::InvalidInput(
+            "pooled_frame: the run has no texts".into(),
+        ));
     }
     Ok(DataFrame::new_infer_height(vec![
         Column::new("doc".into(), doc),
@@ -228,7 +241,7 @@ pub fn column_to_tensor(df: &DataFrame, column: &str) -> Result<Tensor> {
     let col = df.column(column).map_err(|_| {
         Error::InvalidInput(format!(
             "no column '{column}' (columns: {})",
-            crate::frame::column_names(&df)
+            crate::frame::column_names(df)
         ))
     })?;
     let DataType::Array(inner, d) = col.dtype() else {
@@ -238,13 +251,19 @@ pub fn column_to_tensor(df: &DataFrame, column: &str) -> Result<Tensor> {
         )));
     };
     let d = *d;
-    let series = col.as_materialized_series().cast(&DataType::Array(Box::new(DataType::Float32), d))?;
+    let series = col
+        .as_materialized_series()
+        .cast(&DataType::Array(Box::new(DataType::Float32), d))?;
     if **inner != DataType::Float32 && !inner.is_primitive_numeric() {
-        return Err(Error::InvalidInput(format!("column '{column}' does not hold numbers")));
+        return Err(Error::InvalidInput(format!(
+            "column '{column}' does not hold numbers"
+        )));
     }
     let arr = series.array()?;
     if arr.null_count() > 0 {
-        return Err(Error::InvalidInput(format!("column '{column}' has null rows")));
+        return Err(Error::InvalidInput(format!(
+            "column '{column}' has null rows"
+        )));
     }
     let inner = arr.get_inner();
     let values: Vec<f32> = inner
@@ -276,9 +295,15 @@ pub fn hook_matrix(df: &DataFrame, hook: HookPoint) -> Result<Tensor> {
 pub fn write_parquet(df: &DataFrame, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|source| Error::Io { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
-    let file = File::create(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file = File::create(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     ParquetWriter::new(file).finish(&mut df.clone())?;
     Ok(())
 }
@@ -286,10 +311,13 @@ pub fn write_parquet(df: &DataFrame, path: impl AsRef<Path>) -> Result<()> {
 /// Read a Parquet file written by [`write_parquet`] (or any Parquet file).
 pub fn read_parquet(path: impl AsRef<Path>) -> Result<DataFrame> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    ParquetReader::new(file).finish().map_err(|e| {
-        Error::InvalidInput(format!("cannot read Parquet {}: {e}", path.display()))
-    })
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    ParquetReader::new(file)
+        .finish()
+        .map_err(|e| Error::InvalidInput(format!("cannot read Parquet {}: {e}", path.display())))
 }
 
 /// Run `texts` through `model` and stream the long frame into Parquet files partitioned by
@@ -307,10 +335,18 @@ pub fn extract_to_parquet<S: AsRef<str>>(
     let model_name: String = model
         .name()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    let mut writers: std::collections::BTreeMap<String, polars::io::parquet::write::BatchedWriter<File>> =
-        Default::default();
+    let mut writers: std::collections::BTreeMap<
+        String,
+        polars::io::parquet::write::BatchedWriter<File>,
+    > = Default::default();
     let mut rows = 0;
     model.for_each_doc(texts, hooks, opts, |doc| {
         let df = doc_to_frame(&doc)?;
@@ -323,11 +359,22 @@ pub fn extract_to_parquet<S: AsRef<str>>(
                 .filter(col("hook").eq(lit(name.as_str())))
                 .collect()?;
             if !writers.contains_key(&name) {
-                let sub = dir.join(format!("model={model_name}")).join(format!("hook={name}"));
-                std::fs::create_dir_all(&sub).map_err(|source| Error::Io { path: sub.clone(), source })?;
+                let sub = dir
+                    .join(format!("model={model_name}"))
+                    .join(format!("hook={name}"));
+                std::fs::create_dir_all(&sub).map_err(|source| Error::Io {
+                    path: sub.clone(),
+                    source,
+                })?;
                 let path = sub.join("part-0.parquet");
-                let file = File::create(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-                writers.insert(name.clone(), ParquetWriter::new(file).batched(part.schema())?);
+                let file = File::create(&path).map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                writers.insert(
+                    name.clone(),
+                    ParquetWriter::new(file).batched(part.schema())?,
+                );
             }
             if let Some(w) = writers.get_mut(&name) {
                 w.write_batch(&part)?;

@@ -63,7 +63,10 @@ impl HookPoint {
         match self.layer() {
             Some(i) if i >= n_layers => Err(Error::UnknownHook {
                 name: self.to_string(),
-                reason: format!("the model has {n_layers} blocks (0..={})", n_layers.saturating_sub(1)),
+                reason: format!(
+                    "the model has {n_layers} blocks (0..={})",
+                    n_layers.saturating_sub(1)
+                ),
             }),
             _ => Ok(()),
         }
@@ -319,7 +322,12 @@ mod tests {
 
     #[test]
     fn bad_names_are_errors_naming_the_hook() {
-        for bad in ["blocks.x.hook_resid_post", "blocks.1.hook_foo", "resid", "blocks.1"] {
+        for bad in [
+            "blocks.x.hook_resid_post",
+            "blocks.1.hook_foo",
+            "resid",
+            "blocks.1",
+        ] {
             let err = bad.parse::<HookPoint>().unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
@@ -328,7 +336,10 @@ mod tests {
             .validate(12)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("blocks.12.hook_resid_post") && err.contains("12 blocks"), "{err}");
+        assert!(
+            err.contains("blocks.12.hook_resid_post") && err.contains("12 blocks"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -336,7 +347,11 @@ mod tests {
         let e = HookSpec::all_residual().expand(2);
         assert_eq!(
             e,
-            vec![HookPoint::Embed, HookPoint::ResidPost(0), HookPoint::ResidPost(1)]
+            vec![
+                HookPoint::Embed,
+                HookPoint::ResidPost(0),
+                HookPoint::ResidPost(1)
+            ]
         );
         assert_eq!(HookSpec::all().expand(1).len(), 6);
     }

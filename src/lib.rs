@@ -14,15 +14,15 @@
 //! ```
 
 pub mod data;
+pub mod display;
 pub mod error;
 pub mod frame;
 pub mod hooks;
 pub mod metrics;
 pub mod model;
-pub mod progress;
 pub mod plot;
+pub mod progress;
 pub mod studies;
-pub mod display;
 
 pub use candle_core;
 pub use candle_nn;
@@ -33,10 +33,10 @@ pub use error::{Error, Result};
 
 /// Everything a notebook needs in one import.
 pub mod prelude {
+    pub use crate::display::show;
     pub use crate::error::{Error, Result};
     pub use crate::frame::{pool, run_to_frame, Pooling};
     pub use crate::hooks::{ActivationCache, HookPoint, HookSpec};
-    pub use crate::display::show;
     pub use crate::model::{Model, Run, RunOptions};
     pub use crate::plot::{Chart, HeatmapChart, HistogramChart, LineChart, RocChart, ScatterChart};
     pub use candle_core::{DType, Device, Tensor};

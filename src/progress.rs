@@ -20,9 +20,9 @@ impl Progress {
     pub fn new(label: &str, total: usize, enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(total as u64);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_prefix(label.to_string());

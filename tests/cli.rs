@@ -18,13 +18,22 @@ fn replens(args: &[&str]) -> (i32, String, String) {
 fn assert_clean_error(stderr: &str, needle: &str) {
     let lines: Vec<_> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]
 fn missing_file_unknown_model_unknown_hook_are_one_line_errors() {
-    let (code, _, err) = replens(&["activations", "--model", "minilm", "--file", "/no/such/file.txt"]);
+    let (code, _, err) = replens(&[
+        "activations",
+        "--model",
+        "minilm",
+        "--file",
+        "/no/such/file.txt",
+    ]);
     assert_eq!(code, 2);
     assert_clean_error(&err, "/no/such/file.txt");
 
@@ -32,7 +41,15 @@ fn missing_file_unknown_model_unknown_hook_are_one_line_errors() {
     assert_eq!(code, 2);
     assert_clean_error(&err, "no-such-model");
 
-    let (code, _, err) = replens(&["activations", "--model", "minilm", "--text", "hi", "--hooks", "blocks.0.hook_nope"]);
+    let (code, _, err) = replens(&[
+        "activations",
+        "--model",
+        "minilm",
+        "--text",
+        "hi",
+        "--hooks",
+        "blocks.0.hook_nope",
+    ]);
     assert_eq!(code, 2);
     assert_clean_error(&err, "blocks.0.hook_nope");
 }
@@ -42,11 +59,21 @@ fn hook_beyond_the_model_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.parquet");
     let (code, _, err) = replens(&[
-        "activations", "--model", "minilm", "--text", "hi", "--hooks", "blocks.6.hook_resid_post",
-        "--out", out.to_str().unwrap(),
+        "activations",
+        "--model",
+        "minilm",
+        "--text",
+        "hi",
+        "--hooks",
+        "blocks.6.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert_eq!(code, 2);
-    assert!(err.contains("blocks.6.hook_resid_post") && err.contains("6 blocks"), "{err}");
+    assert!(
+        err.contains("blocks.6.hook_resid_post") && err.contains("6 blocks"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,8 +81,17 @@ fn activations_writes_parquet_for_the_encoder() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("acts");
     let (code, _, err) = replens(&[
-        "activations", "--model", "minilm", "--text", "The cat sat.", "--text", "A dog ran far away.",
-        "--out", out.to_str().unwrap(), "--pooling", "mean",
+        "activations",
+        "--model",
+        "minilm",
+        "--text",
+        "The cat sat.",
+        "--text",
+        "A dog ran far away.",
+        "--out",
+        out.to_str().unwrap(),
+        "--pooling",
+        "mean",
     ]);
     assert_eq!(code, 0, "{err}");
     let part = out.join("model=minilm/hook=blocks.5.hook_resid_post/part-0.parquet");

@@ -210,8 +210,8 @@ fn all_one_token_corpus_says_everything_was_skipped() {
     let err = run_diff_erank_with_twin(model, smol_twin(), &texts, &cfg())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("all 4 sentences were skipped"), "{err}");
-    assert!(err.contains("4 with fewer than 2 tokens"), "{err}");
+    assert!(err.contains("all 3 sentences were skipped"), "{err}");
+    assert!(err.contains("3 with fewer than 2 tokens"), "{err}");
 
     // Mixed: single-token sentences are skipped and counted, the rest are used.
     let mixed = ["the", SENTENCES[0], SENTENCES[1]];
@@ -225,4 +225,12 @@ fn all_one_token_corpus_says_everything_was_skipped() {
         .unwrap()
         .get(0);
     assert_eq!(used, Some(false));
+}
+
+#[test]
+fn empty_text_in_the_corpus_is_an_error_naming_it() {
+    let err = run_diff_erank_with_twin(smol(), smol_twin(), &["a cat sat", ""], &cfg())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("text 1 is empty"), "{err}");
 }

@@ -308,13 +308,16 @@ fn noise_of(json: &serde_json::Value, hook: &str) -> Noise {
     }
 }
 
-/// How far our f32 result may be from transformers' f32 result: 1e-4, or 4 times transformers'
-/// own f32 rounding error on that hook when that is larger. Two f32 implementations with
-/// independent rounding are each about that far from the exact (f64) result, so they can be up to
-/// about twice it apart; the factor 4 leaves room for other CPUs' kernels. On SmolLM2 the
-/// 1e-4 floor binds for the embeddings, early blocks, attention outputs and logits; the massive
-/// activation channels (|x| ≈ 2.3e4, where one f32 ulp is 2e-3) need the noise term.
-const NOISE_FACTOR: f32 = 4.0;
+/// How far our f32 result may be from transformers' f32 result: 1e-4, or 5 times transformers'
+/// own f32 rounding error on that hook (HF f32 vs HF f64) when that is larger. Two f32
+/// implementations with independent rounding are each about that far from the exact result, so
+/// they can be two or three times it apart (measured here: at most 3.1x, blocks.10); the factor 5
+/// leaves room for other CPUs' kernels while still catching real mistakes (a wrong eps, rotary
+/// layout or permutation is off by orders of magnitude more). The 1e-4 floor binds for
+/// hook_embed, block 0 and block 14's attention output; elsewhere transformers' own error is
+/// above 2e-5, and on SmolLM2's massive activation channels (|x| ≈ 2.3e4, where one f32 ulp is
+/// 2e-3) it reaches 1.2e-2.
+const NOISE_FACTOR: f32 = 5.0;
 
 #[test]
 fn smollm2_gguf_matches_transformers() {

@@ -10,7 +10,11 @@ use replens::hooks::HookSpec;
 use replens::model::{source, Model, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "replens", version, about = "Measure what happens inside language models")]
+#[command(
+    name = "replens",
+    version,
+    about = "Measure what happens inside language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -117,21 +121,39 @@ fn load(name: &str) -> replens::Result<Model> {
 
 fn run(cli: Cli) -> replens::Result<()> {
     match cli.command {
-        Command::Activations { model, text, file, column, hooks, out, batch_size, truncate, pooling } => {
+        Command::Activations {
+            model,
+            text,
+            file,
+            column,
+            hooks,
+            out,
+            batch_size,
+            truncate,
+            pooling,
+        } => {
             let spec = hook_spec(&hooks)?;
             let mut texts = text;
             if let Some(file) = file {
                 texts.extend(replens::data::read_texts(&file, &column)?);
             }
             if texts.is_empty() {
-                return Err(replens::Error::InvalidInput("no input: give --text or --file".into()));
+                return Err(replens::Error::InvalidInput(
+                    "no input: give --text or --file".into(),
+                ));
             }
             let pooling = pooling.map(|p| p.parse::<Pooling>()).transpose()?;
             let model = load(&model)?;
             spec.validate(model.n_layers())?;
-            let opts = RunOptions::default().batch_size(batch_size).truncate(truncate);
+            let opts = RunOptions::default()
+                .batch_size(batch_size)
+                .truncate(truncate);
             let started = Instant::now();
-            let n_tokens: usize = model.prepare_ids(&model.tokenize(&texts)?, truncate)?.iter().map(Vec::len).sum();
+            let n_tokens: usize = model
+                .prepare_ids(&model.tokenize(&texts)?, truncate)?
+                .iter()
+                .map(Vec::len)
+                .sum();
             let rows = if out.extension().is_some_and(|e| e == "parquet") {
                 let run = model.run_with(&texts, &spec, &opts)?;
                 let df = frame::run_to_frame(&run)?;
@@ -148,12 +170,21 @@ fn run(cli: Cli) -> replens::Result<()> {
                 n_tokens as f64 / secs
             );
             if let Some(pooling) = pooling {
-                let hook = *spec.expand(model.n_layers()).last().ok_or_else(|| {
-                    replens::Error::InvalidInput("no hooks selected".into())
-                })?;
-                let run = model.run_with(&texts, &HookSpec::points([hook]), &opts.clone().progress(false))?;
+                let hook = *spec
+                    .expand(model.n_layers())
+                    .last()
+                    .ok_or_else(|| replens::Error::InvalidInput("no hooks selected".into()))?;
+                let run = model.run_with(
+                    &texts,
+                    &HookSpec::points([hook]),
+                    &opts.clone().progress(false),
+                )?;
                 let df = frame::pooled_frame(&run, hook, pooling)?;
-                let dir = if out.extension().is_some() { out.parent().map(PathBuf::from).unwrap_or_default() } else { out.clone() };
+                let dir = if out.extension().is_some() {
+                    out.parent().map(PathBuf::from).unwrap_or_default()
+                } else {
+                    out.clone()
+                };
                 let path = dir.join("pooled.parquet");
                 frame::write_parquet(&df, &path)?;
                 eprintln!("pooled {hook} ({pooling:?}) → {}", path.display());
@@ -163,7 +194,13 @@ fn run(cli: Cli) -> replens::Result<()> {
         Command::Info { model } => {
             let model = load(&model)?;
             println!("family: {}", model.config().family());
-            println!("layers: {}  d_model: {}  vocab: {}  context: {}", model.n_layers(), model.d_model(), model.config().vocab_size(), model.config().max_positions());
+            println!(
+                "layers: {}  d_model: {}  vocab: {}  context: {}",
+                model.n_layers(),
+                model.d_model(),
+                model.config().vocab_size(),
+                model.config().max_positions()
+            );
             println!("hooks:");
             for p in HookSpec::all().expand(model.n_layers()) {
                 println!("  {p}");
@@ -183,7 +220,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             layers,
             out,
         } => diff_erank_command(
-            &model, &file, &column, max_texts, max_tokens, seed, batch_size, resamples, level, &layers, &out,
+            &model, &file, &column, max_texts, max_tokens, seed, batch_size, resamples, level,
+            &layers, &out,
         ),
         Command::Models => {
             println!("models directory: {}", source::models_dir().display());
@@ -227,23 +265,37 @@ fn diff_erank_command(
     let started = Instant::now();
     let res = run_diff_erank(&model, &texts, &cfg)?;
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    std::fs::create_dir_all(out).map_err(|source| replens::Error::Io { path: out.to_path_buf(), source })?;
+    std::fs::create_dir_all(out).map_err(|source| replens::Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let csv = out.join("summary.csv");
-    std::fs::write(&csv, res.summary_csv()).map_err(|source| replens::Error::Io { path: csv.clone(), source })?;
+    std::fs::write(&csv, res.summary_csv()).map_err(|source| replens::Error::Io {
+        path: csv.clone(),
+        source,
+    })?;
     frame::write_parquet(&res.to_frame()?, out.join("summary.parquet"))?;
     frame::write_parquet(&res.per_sentence, out.join("per_sentence.parquet"))?;
     if let Some(pl) = &res.per_layer {
         frame::write_parquet(pl, out.join("per_layer.parquet"))?;
         let col = |name: &str| -> replens::Result<Vec<f64>> {
-            Ok(pl.column(name)?.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+            Ok(pl
+                .column(name)?
+                .f64()?
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect())
         };
         let layer_no: Vec<f64> = (0..pl.height()).map(|l| l as f64).collect();
-        let chart = replens::plot::LineChart::new(format!("eRank per layer: {} vs its untrained twin", res.model))
-            .x_label("block (hook_resid_post)")
-            .y_label("dataset eRank exp(mean H)")
-            .series("trained", &layer_no, &col("erank_trained")?)
-            .series("untrained", &layer_no, &col("erank_untrained")?)
-            .build()?;
+        let chart = replens::plot::LineChart::new(format!(
+            "eRank per layer: {} vs its untrained twin",
+            res.model
+        ))
+        .x_label("block (hook_resid_post)")
+        .y_label("dataset eRank exp(mean H)")
+        .series("trained", &layer_no, &col("erank_trained")?)
+        .series("untrained", &layer_no, &col("erank_untrained")?)
+        .build()?;
         chart.save_svg(out.join("per_layer.svg"))?;
         chart.save_png(out.join("per_layer.png"))?;
     }

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use polars::prelude::*;
-
 use crate::error::{Error, Result};
 
 /// Read texts from `path`: `.txt` (one non-empty line each), `.jsonl` (field `column`),
@@ -16,8 +14,15 @@ use crate::error::{Error, Result};
 /// ```
 pub fn read_texts(path: impl AsRef<Path>, column: &str) -> Result<Vec<String>> {
     let path = path.as_ref();
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let texts: Vec<String> = match ext.as_str() {
         "parquet" => {
             let df = crate::frame::read_parquet(path)?;
@@ -40,15 +45,22 @@ pub fn read_texts(path: impl AsRef<Path>, column: &str) -> Result<Vec<String>> {
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, line)| {
                     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                        Error::InvalidInput(format!("{}:{}: invalid JSON: {e}", path.display(), i + 1))
-                    })?;
-                    v.get(column).and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| {
                         Error::InvalidInput(format!(
-                            "{}:{}: no string field '{column}'",
+                            "{}:{}: invalid JSON: {e}",
                             path.display(),
                             i + 1
                         ))
-                    })
+                    })?;
+                    v.get(column)
+                        .and_then(|t| t.as_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            Error::InvalidInput(format!(
+                                "{}:{}: no string field '{column}'",
+                                path.display(),
+                                i + 1
+                            ))
+                        })
                 })
                 .collect::<Result<_>>()?
         }
@@ -61,7 +73,10 @@ pub fn read_texts(path: impl AsRef<Path>, column: &str) -> Result<Vec<String>> {
             .collect(),
     };
     if texts.is_empty() {
-        return Err(Error::InvalidInput(format!("{}: no texts found", path.display())));
+        return Err(Error::InvalidInput(format!(
+            "{}: no texts found",
+            path.display()
+        )));
     }
     Ok(texts)
 }

@@ -28,6 +28,9 @@ use crate::error::{Context, Error, Result};
 use crate::hooks::{ActivationCache, HookPoint, HookSpec};
 
 /// The MLP non-linearity, spelled as in HF `ACT2FN`.
+/// Token ids and attention mask of a batch, one row per text.
+type IdsAndMask = (Vec<Vec<u32>>, Vec<Vec<u32>>);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HiddenAct {
@@ -142,7 +145,9 @@ impl Config {
     }
 
     fn head_dim(&self) -> Result<usize> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(Error::InvalidInput(format!(
                 "config.json: hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -399,11 +404,7 @@ impl Bert {
         (positions, bias)
     }
 
-    fn check_inputs(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-    ) -> Result<(Vec<Vec<u32>>, Vec<Vec<u32>>)> {
+    fn check_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<IdsAndMask> {
         let (b, t) = input_ids.dims2().context(|| {
             format!(
                 "input_ids must be (batch, seq), got {:?}",

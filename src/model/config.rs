@@ -51,7 +51,9 @@ impl ArchConfig {
             .unwrap_or_default();
         let kind = model_type.to_lowercase();
         Ok(match kind.as_str() {
-            "gpt2" | "gpt2lmheadmodel" => ArchConfig::Gpt2(serde_json::from_str(text).map_err(bad)?),
+            "gpt2" | "gpt2lmheadmodel" => {
+                ArchConfig::Gpt2(serde_json::from_str(text).map_err(bad)?)
+            }
             "gpt_neox" | "gptneoxforcausallm" => {
                 ArchConfig::GptNeoX(serde_json::from_str(text).map_err(bad)?)
             }

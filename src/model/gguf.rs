@@ -311,6 +311,7 @@ fn config_from_metadata(meta: &Meta, arch: &str, content: &Content) -> Result<ll
     let has = |name: &str| content.tensor_infos.contains_key(name);
     Ok(llama::Config {
         model_type: Some(arch.to_string()),
+        architectures: Vec::new(),
         vocab_size,
         hidden_size: meta.usize(&key("embedding_length"))?,
         intermediate_size: meta.usize(&key("feed_forward_length"))?,

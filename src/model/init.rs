@@ -39,7 +39,11 @@ impl ParamSpec {
 
 /// Draw every parameter with a ChaCha RNG seeded by `seed` (same seed → same weights on any
 /// machine). Parameters are drawn in the order given, so specs must be listed deterministically.
-pub fn random_weights(specs: &[ParamSpec], seed: u64, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn random_weights(
+    specs: &[ParamSpec],
+    seed: u64,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut out = HashMap::with_capacity(specs.len());
     for spec in specs {
@@ -79,7 +83,10 @@ mod tests {
         assert_ne!(w, c["w"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let mean = w.iter().sum::<f32>() / w.len() as f32;
         let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
-        assert!(mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3, "{mean} {std}");
+        assert!(
+            mean.abs() < 1e-3 && (std - 0.02).abs() < 1e-3,
+            "{mean} {std}"
+        );
         assert_eq!(a["b"].sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
         assert_eq!(a["g"].sum_all().unwrap().to_scalar::<f32>().unwrap(), 100.0);
     }

@@ -207,7 +207,12 @@ fn read_weights(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Te
                 .collect::<Vec<_>>()
         } else {
             candle_core::safetensors::load(file, device)
-                .context(|| format!("cannot read safetensors {} (missing or corrupt?)", file.display()))?
+                .context(|| {
+                    format!(
+                        "cannot read safetensors {} (missing or corrupt?)",
+                        file.display()
+                    )
+                })?
                 .into_iter()
                 .collect::<Vec<_>>()
         };
@@ -253,15 +258,24 @@ impl Model {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self::assemble(name, config, weights, tokenizer, ModelSource::local(dir), device)
-            .map_err(|e| match e {
-                Error::Candle { context, source } => Error::Candle {
-                    context: format!("{context} (weights in {})", dir.display()),
-                    source,
-                },
-                Error::InvalidInput(m) => Error::InvalidInput(format!("{m} (model in {})", dir.display())),
-                other => other,
-            })
+        Self::assemble(
+            name,
+            config,
+            weights,
+            tokenizer,
+            ModelSource::local(dir),
+            device,
+        )
+        .map_err(|e| match e {
+            Error::Candle { context, source } => Error::Candle {
+                context: format!("{context} (weights in {})", dir.display()),
+                source,
+            },
+            Error::InvalidInput(m) => {
+                Error::InvalidInput(format!("{m} (model in {})", dir.display()))
+            }
+            other => other,
+        })
     }
 
     /// Load a GGUF file (Llama-family), dequantised to f32, with the tokenizer from its metadata.
@@ -365,7 +379,12 @@ impl Model {
     }
 
     /// Tokenize, batch with right padding, run, and split results per text.
-    pub fn run_with<S: AsRef<str>>(&self, texts: &[S], hooks: &HookSpec, opts: &RunOptions) -> Result<Run> {
+    pub fn run_with<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        hooks: &HookSpec,
+        opts: &RunOptions,
+    ) -> Result<Run> {
         let mut docs = Vec::with_capacity(texts.len());
         self.for_each_doc(texts, hooks, opts, |doc| {
             docs.push(doc);
@@ -470,7 +489,12 @@ impl Model {
     }
 
     /// One raw forward pass over a padded batch (for code that manages batches itself).
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, hooks: &HookSpec) -> Result<ForwardOutput> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &HookSpec,
+    ) -> Result<ForwardOutput> {
         let hooks = self.check_hooks(hooks)?;
         self.net.forward(input_ids, attention_mask, &hooks)
     }
@@ -520,6 +544,9 @@ pub fn token_losses(logits: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
         return Ok(Tensor::zeros((b, 0), DType::F32, logits.device())?);
     }
     let log_probs = candle_nn::ops::log_softmax(&logits.narrow(1, 0, seq - 1)?, D::Minus1)?;
-    let targets = input_ids.narrow(1, 1, seq - 1)?.contiguous()?.unsqueeze(2)?;
+    let targets = input_ids
+        .narrow(1, 1, seq - 1)?
+        .contiguous()?
+        .unsqueeze(2)?;
     Ok(log_probs.gather(&targets, 2)?.squeeze(2)?.neg()?)
 }

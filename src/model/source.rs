@@ -36,16 +36,27 @@ pub struct ModelSource {
 
 impl ModelSource {
     pub fn local(dir: &Path) -> Self {
-        Self { kind: SourceKind::LocalDir, path: dir.to_path_buf(), tried: vec![] }
+        Self {
+            kind: SourceKind::LocalDir,
+            path: dir.to_path_buf(),
+            tried: vec![],
+        }
     }
     pub fn gguf(path: &Path) -> Self {
-        Self { kind: SourceKind::Gguf, path: path.to_path_buf(), tried: vec![] }
+        Self {
+            kind: SourceKind::Gguf,
+            path: path.to_path_buf(),
+            tried: vec![],
+        }
     }
     pub fn untrained(of: &ModelSource, seed: u64) -> Self {
         Self {
             kind: SourceKind::Untrained,
             path: of.path.clone(),
-            tried: vec![format!("random HF-style init with seed {seed}, config of {}", of.path.display())],
+            tried: vec![format!(
+                "random HF-style init with seed {seed}, config of {}",
+                of.path.display()
+            )],
         }
     }
 
@@ -76,12 +87,24 @@ struct Packaged {
 
 const PACKAGED: &[Packaged] = &[
     Packaged {
-        aliases: &["default", "smollm2-135m", "smollm2", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"],
+        aliases: &[
+            "default",
+            "smollm2-135m",
+            "smollm2",
+            "SmolLM2-135M-Instruct",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+        ],
         dir: "SmolLM2-135M-Instruct",
         gguf: Some("SmolLM2-135M-Instruct.Q4_1.gguf"),
     },
     Packaged {
-        aliases: &["default-encoder", "minilm", "all-minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"],
+        aliases: &[
+            "default-encoder",
+            "minilm",
+            "all-minilm-l6-v2",
+            "all-MiniLM-L6-v2",
+            "sentence-transformers/all-MiniLM-L6-v2",
+        ],
         dir: "all-MiniLM-L6-v2",
         gguf: None,
     },
@@ -100,7 +123,8 @@ pub fn models_dir() -> PathBuf {
     if let Ok(cwd) = std::env::current_dir() {
         for dir in cwd.ancestors() {
             let candidate = dir.join("models");
-            if candidate.join(PACKAGED[0].dir).exists() || candidate.join(PACKAGED[1].dir).exists() {
+            if candidate.join(PACKAGED[0].dir).exists() || candidate.join(PACKAGED[1].dir).exists()
+            {
                 return candidate;
             }
         }
@@ -119,35 +143,63 @@ pub fn resolve(name: &str) -> Result<ModelSource> {
     let mut tried = Vec::new();
     let path = Path::new(name);
     if path.is_dir() {
-        return Ok(ModelSource { kind: SourceKind::LocalDir, path: path.to_path_buf(), tried });
+        return Ok(ModelSource {
+            kind: SourceKind::LocalDir,
+            path: path.to_path_buf(),
+            tried,
+        });
     }
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        return Ok(ModelSource { kind: SourceKind::Gguf, path: path.to_path_buf(), tried });
+        return Ok(ModelSource {
+            kind: SourceKind::Gguf,
+            path: path.to_path_buf(),
+            tried,
+        });
     }
     tried.push(format!("path: no directory or .gguf file named {name}"));
 
-    if let Some(p) = PACKAGED.iter().find(|p| p.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))) {
+    if let Some(p) = PACKAGED
+        .iter()
+        .find(|p| p.aliases.iter().any(|a| a.eq_ignore_ascii_case(name)))
+    {
         let dir = models_dir().join(p.dir);
         let (kind, path) = match p.gguf {
             Some(file) => (SourceKind::Gguf, dir.join(file)),
             None => (SourceKind::Packaged, dir.clone()),
         };
         if path.exists() {
-            let kind = if kind == SourceKind::Gguf { SourceKind::Gguf } else { SourceKind::Packaged };
+            let kind = if kind == SourceKind::Gguf {
+                SourceKind::Gguf
+            } else {
+                SourceKind::Packaged
+            };
             return Ok(ModelSource { kind, path, tried });
         }
-        tried.push(format!("packaged: {} is missing (run scripts/setup)", path.display()));
+        tried.push(format!(
+            "packaged: {} is missing (run scripts/setup)",
+            path.display()
+        ));
     } else {
-        tried.push(format!("packaged: no packaged model is called {name} (packaged: {})", packaged_names().join(", ")));
+        tried.push(format!(
+            "packaged: no packaged model is called {name} (packaged: {})",
+            packaged_names().join(", ")
+        ));
     }
 
     let cache = hf_hub::Cache::from_env();
     match cache.model(name.to_string()).get("config.json") {
         Some(config) => {
             let dir = config.parent().unwrap_or(Path::new(".")).to_path_buf();
-            return Ok(ModelSource { kind: SourceKind::HfCache, path: dir, tried });
+            return Ok(ModelSource {
+                kind: SourceKind::HfCache,
+                path: dir,
+                tried,
+            });
         }
-        None => tried.push(format!("HF cache: {name} not in {}", cache.path().display())),
+        None => tried.push(format!(
+            "HF cache: {name} not in {}",
+            cache.path().display()
+        )),
     }
 
     if offline() {
@@ -156,11 +208,20 @@ pub fn resolve(name: &str) -> Result<ModelSource> {
         tried.push(format!("hub: '{name}' is not a hub id (owner/name)"));
     } else {
         match download(name) {
-            Ok(dir) => return Ok(ModelSource { kind: SourceKind::Hub, path: dir, tried }),
+            Ok(dir) => {
+                return Ok(ModelSource {
+                    kind: SourceKind::Hub,
+                    path: dir,
+                    tried,
+                })
+            }
             Err(e) => tried.push(format!("hub: {e}")),
         }
     }
-    Err(Error::ModelNotFound { name: name.to_string(), tried })
+    Err(Error::ModelNotFound {
+        name: name.to_string(),
+        tried,
+    })
 }
 
 /// Download config, tokenizer and safetensors weights of a hub model into the HF cache.
@@ -170,8 +231,12 @@ fn download(id: &str) -> std::result::Result<PathBuf, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let repo = api.model(id.to_string());
-    let config = repo.get("config.json").map_err(|e| format!("config.json: {e}"))?;
-    repo.get("tokenizer.json").map_err(|e| format!("tokenizer.json: {e}"))?;
-    repo.get("model.safetensors").map_err(|e| format!("model.safetensors: {e}"))?;
+    let config = repo
+        .get("config.json")
+        .map_err(|e| format!("config.json: {e}"))?;
+    repo.get("tokenizer.json")
+        .map_err(|e| format!("tokenizer.json: {e}"))?;
+    repo.get("model.safetensors")
+        .map_err(|e| format!("model.safetensors: {e}"))?;
     Ok(config.parent().unwrap_or(Path::new(".")).to_path_buf())
 }
