@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use super::gpt2::{attend, causal_padding_bias, check_inputs, layer_norm, Activation};
 use super::init::{Init, ParamSpec};
+pub use super::llama::RopeParameters;
 use super::{ForwardOutput, Transformer};
 use crate::error::{bail, Context, Result};
 use crate::hooks::{ActivationCache, HookPoint, HookSpec};
@@ -41,21 +42,6 @@ fn default_init_range() -> f64 {
 }
 fn yes() -> bool {
     true
-}
-
-/// Rotary parameters as transformers 5 writes them (`rope_parameters`, formerly
-/// `rope_scaling`): `{"rope_type": "default", "rope_theta": 10000, "partial_rotary_factor": 0.25}`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RopeParameters {
-    #[serde(default)]
-    pub rope_type: Option<String>,
-    /// Older configs spell the type `type`.
-    #[serde(default, rename = "type")]
-    pub legacy_type: Option<String>,
-    #[serde(default)]
-    pub rope_theta: Option<f64>,
-    #[serde(default)]
-    pub partial_rotary_factor: Option<f64>,
 }
 
 /// HF `GPTNeoXConfig` (fields replens reads; defaults as in transformers' `GPTNeoXConfig`).
@@ -147,7 +133,7 @@ impl Config {
             let kind = r
                 .rope_type
                 .as_deref()
-                .or(r.legacy_type.as_deref())
+                .or(r.kind.as_deref())
                 .unwrap_or("default");
             if kind != "default" {
                 bail!("gpt_neox config.json: rope_type '{kind}' is not supported (only 'default' rotary embeddings)");

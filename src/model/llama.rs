@@ -55,7 +55,8 @@ where
 }
 
 /// RoPE parameters: transformers ≥ 5 writes them as `rope_parameters`, older configs as
-/// `rope_scaling` (with `rope_theta` at the top level). Every field is optional.
+/// `rope_scaling` (with `rope_theta` at the top level). Every field is optional. Shared by
+/// every rotary family (Llama, Qwen2, GPT-NeoX).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RopeParameters {
     #[serde(default)]
@@ -73,6 +74,9 @@ pub struct RopeParameters {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// Fraction of each head that is rotated (GPT-NeoX; Llama rotates whole heads).
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
 }
 
 impl RopeParameters {
