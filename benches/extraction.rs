@@ -1,16 +1,20 @@
-//! Activation extraction throughput (tokens/s): replens vs HF transformers on the same model,
-//! inputs and threads. Run: `cargo bench --bench extraction -- [model] [threads]`, and
-//! `scripts/reference/bench_extract.py` for the reference side. Both read the same token ids
-//! (synthetic, seeded: sequences of 128 tokens), keep every residual hook, batch 1 and 8.
-//! Before timing, the two sides' outputs are compared on one batch by the parity tests, not here.
+//! Activation extraction throughput: replens vs HF transformers on the same model, token ids and
+//! threads. One work item per process: `extraction-* <model> <batch>` (model `default` or
+//! `minilm`), reference `scripts/reference/bench_extract.py <model> <batch>`; `scripts/bench.py`
+//! runs both and prints the table of BENCHMARKS.md. Both sides read the same synthetic ids
+//! (xorshift, 128 tokens per sequence), keep every residual stream (the embedding and every
+//! block's output) and copy it to host memory, as a user reading activations would.
+//! Agreement: both print the mean |x| of block 0's output over the first sequence.
 
-use std::time::Instant;
+mod common;
 
 use replens::hooks::HookSpec;
 use replens::model::{pad_batch, Model};
 
+const SEQ: usize = 128;
+
 fn ids(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
-    // xorshift: the same ids as scripts/reference/bench_extract.py
+    // xorshift64: the same ids as scripts/reference/bench_extract.py
     let mut s = seed;
     (0..n)
         .map(|_| {
@@ -32,39 +36,40 @@ fn main() -> replens::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let name = args.first().map(String::as_str).unwrap_or("default");
+    let batch: usize = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(1);
     let model = Model::load(name)?;
-    let seq = 128;
     let spec = HookSpec::all_residual();
-    println!(
-        "model {name}: {} layers, d={}, threads={}",
-        model.n_layers(),
-        model.d_model(),
-        candle_core::utils::get_num_threads()
-    );
-    for batch in [1usize, 8] {
-        let data = ids(16, seq, model.config().vocab_size(), 42);
-        let (input, mask) = pad_batch(&data[..batch], model.device())?;
-        model.forward(&input, &mask, &spec)?; // warm-up
-        let mut times = Vec::new();
-        for rep in 0..5 {
-            let chunk =
-                &data[(rep * batch) % 16..(rep * batch) % 16 + batch.min(16 - (rep * batch) % 16)];
-            let (input, mask) = pad_batch(chunk, model.device())?;
-            let started = Instant::now();
-            let out = model.forward(&input, &mask, &spec)?;
-            // materialise every hook as host memory, as a user reading activations would
-            for (_, t) in out.cache.iter() {
-                let _ = t.flatten_all()?.to_vec1::<f32>()?;
+    let data = ids(16, SEQ, model.config().vocab_size(), 42);
+    let mut rep = 0;
+    let runs = 5;
+    let (secs, check) = common::median_time(runs, || -> replens::Result<f64> {
+        let start = (rep * batch) % 16;
+        rep += 1;
+        let chunk = &data[start..(start + batch).min(16)];
+        let (input, mask) = pad_batch(chunk, model.device())?;
+        let out = model.forward(&input, &mask, &spec)?;
+        let mut check = 0.0;
+        for (point, t) in out.cache.iter() {
+            let host = t.flatten_all()?.to_vec1::<f32>()?;
+            if point.to_string() == "blocks.0.hook_resid_post" {
+                let first = &host[..SEQ * model.d_model()];
+                check = first.iter().map(|v| v.abs() as f64).sum::<f64>() / first.len() as f64;
             }
-            times.push((started.elapsed().as_secs_f64(), chunk.len() * seq));
         }
-        times.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (secs, tokens) = times[times.len() / 2];
-        println!(
-            "replens batch={batch} seq={seq}: median {:.3} s/batch, {:.0} tokens/s",
-            secs,
-            tokens as f64 / secs
-        );
-    }
+        Ok(check)
+    });
+    // `check` is from the last timed run: batch number `runs` (after the warm-up, number 0),
+    // which the reference script reproduces
+    let tokens_per_s = (batch * SEQ) as f64 / secs;
+    common::report(
+        &format!("extract-{name}-b{batch}"),
+        secs,
+        runs,
+        check?,
+        &format!(
+            ", \"tokens_per_s\": {tokens_per_s:.1}, \"threads\": {}",
+            candle_core::utils::get_num_threads()
+        ),
+    );
     Ok(())
 }

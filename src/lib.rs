@@ -23,6 +23,7 @@ pub mod model;
 pub mod plot;
 pub mod progress;
 pub mod studies;
+pub mod train;
 
 pub use candle_core;
 pub use candle_nn;

@@ -11,7 +11,7 @@ use rand_distr::StandardNormal;
 use replens::candle_core::{DType, Device, Tensor};
 use replens::metrics::erank::{
     diff_erank, entropy, erank, erank_or_skip, erank_ratio, erank_report, erank_report_with,
-    image_reduction_ratio, symmetric_eigenvalues, Centring, ColumnMeanAccumulator,
+    alignment_of_eranks, image_reduction_ratio, image_text_alignment, symmetric_eigenvalues, Centring, ColumnMeanAccumulator,
     CovarianceAccumulator, DiffErank, DiffErankAccumulator, ErankAccumulator, ErankOptions,
     GramPrecision, SentenceErank, Side, Skip,
 };
@@ -724,5 +724,31 @@ fn timing_10000x768() -> R {
         "symmetric_eigenvalues 768x768: {:.3} s",
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+#[test]
+fn image_text_alignment_known_answers() -> replens::Result<()> {
+    let dev = Device::Cpu;
+    // k orthogonal directions, each with its negative: eRank exactly k, at any width.
+    let spread = |k: usize, width: usize| -> replens::Result<Tensor> {
+        let eye = Tensor::eye(width, DType::F32, &dev)?.narrow(0, 0, k)?;
+        Ok(Tensor::cat(&[&eye, &eye.neg()?], 0)?)
+    };
+    // equal spreads: perfectly aligned, whatever the widths
+    let a = image_text_alignment(&spread(3, 8)?, &spread(3, 5)?, &spread(3, 16)?)?;
+    assert!((a - 1.0).abs() < 1e-9, "{a}");
+    // 2, 4, 8 directions: min/max = 1/4
+    let a = image_text_alignment(&spread(2, 8)?, &spread(4, 8)?, &spread(8, 8)?)?;
+    assert!((a - 0.25).abs() < 1e-9, "{a}");
+    // order does not matter, and it is never above 1
+    let b = image_text_alignment(&spread(8, 8)?, &spread(2, 8)?, &spread(4, 8)?)?;
+    assert!((a - b).abs() < 1e-12 && b <= 1.0);
+    assert!(alignment_of_eranks(&[]).is_err());
+    assert!(alignment_of_eranks(&[3.0, f64::NAN]).is_err());
+    assert!(alignment_of_eranks(&[3.0, 0.0]).is_err());
+    // a degenerate set is an error, not NaN
+    let one_row = Tensor::ones((1, 4), DType::F32, &dev)?;
+    assert!(image_text_alignment(&one_row, &spread(2, 4)?, &spread(2, 4)?).is_err());
     Ok(())
 }

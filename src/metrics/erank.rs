@@ -954,3 +954,43 @@ pub fn image_reduction_ratio(before_projector: &Tensor, after_projector: &Tensor
 pub fn reduction_ratio(erank_before: f64, erank_after: f64) -> f64 {
     (erank_before - erank_after) / erank_before
 }
+
+/// Image–text alignment of a multi-modal model (Wei et al. 2024, multi-modal section):
+/// how close the eRanks of the LLM's image-token states (`image`), text-token states (`text`)
+/// and the states of the image–text pair (`pair`) are, as
+/// `min(eRank₃, eRank₄, eRank₅) / max(eRank₃, eRank₄, eRank₅)` ∈ (0, 1], 1 = the three sets
+/// are equally "spread". This is the definition as we read it in the paper (its official code
+/// ships no implementation of the multi-modal part); inputs are `(tokens, d)` matrices of any
+/// widths.
+///
+/// ```
+/// use replens::candle_core::{Device, Tensor};
+/// use replens::metrics::erank::image_text_alignment;
+/// // ±e1, ±e2 has eRank 2; ±e1..±e4 has eRank 4.
+/// let two = Tensor::new(&[[1f32, 0.], [-1., 0.], [0., 1.], [0., -1.]], &Device::Cpu)?;
+/// let four = Tensor::eye(4, replens::candle_core::DType::F32, &Device::Cpu)?;
+/// let four = Tensor::cat(&[&four, &four.neg()?], 0)?;
+/// assert!((image_text_alignment(&two, &two, &four)? - 0.5).abs() < 1e-9);
+/// # Ok::<(), replens::Error>(())
+/// ```
+pub fn image_text_alignment(image: &Tensor, text: &Tensor, pair: &Tensor) -> Result<f64> {
+    alignment_of_eranks(&[erank(image)?, erank(text)?, erank(pair)?])
+}
+
+/// `min / max` of eRanks computed elsewhere (see [`image_text_alignment`]); errors on an empty
+/// slice or a non-positive / non-finite eRank.
+pub fn alignment_of_eranks(eranks: &[f64]) -> Result<f64> {
+    if eranks.is_empty() {
+        return Err(Error::InvalidInput(
+            "alignment_of_eranks: no eRank given".into(),
+        ));
+    }
+    if let Some(bad) = eranks.iter().find(|e| !e.is_finite() || **e <= 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "alignment_of_eranks: eRanks must be finite and positive, got {bad}"
+        )));
+    }
+    let min = eranks.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = eranks.iter().copied().fold(0.0, f64::max);
+    Ok(min / max)
+}

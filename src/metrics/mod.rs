@@ -4,8 +4,13 @@
 //!   including streaming accumulators and the multi-modal ratios.
 //! * [`stats`] — percentile bootstrap CIs (one-sample and paired), Pearson correlation.
 
+pub mod emergence;
 pub mod erank;
+pub mod linalg;
+pub mod shift;
+pub mod similarity;
 pub mod stats;
+pub mod uncertainty;
 
 pub use erank::{diff_erank, erank, symmetric_eigenvalues};
 pub use stats::{bootstrap_ci, paired_bootstrap_ci, pearson, Ci};

@@ -8,12 +8,21 @@
 //! `nn.Linear` — and fuses the query/key/value projections into `c_attn` as `[q | k | v]` along
 //! the output dimension.
 //!
+//! Besides HF's activations, the MLP may use TransformerLens' `solu_ln` ([`MlpActivation::SoluLn`],
+//! SoLU followed by a LayerNorm with weights `transformer.h.{i}.mlp.ln.{weight,bias}`), for the
+//! toy models of [`crate::train::toy`]. [`Transformer::forward_from`] continues a forward pass
+//! from a given residual stream (for model stitching, [`crate::train::stitch`]).
+//!
+//! The fused LayerNorm and softmax kernels of candle have no backward pass, so when the weights
+//! or the input residual stream are tracked for gradients (training), the forward pass switches
+//! to composite ops that compute the same function with autograd support.
+//!
 //! This file also holds the pieces shared by the other causal decoders of the crate
 //! ([`Activation`], [`check_inputs`], [`causal_padding_bias`], [`attend`]).
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::init::{Init, ParamSpec};
 use super::{ForwardOutput, Transformer};
@@ -51,8 +60,44 @@ impl Activation {
     }
 }
 
-fn default_gelu_new() -> Activation {
-    Activation::GeluTanh
+/// The HF `activation_function` name of [`MlpActivation::SoluLn`] (TransformerLens' `act_fn`).
+pub const SOLU_LN: &str = "solu_ln";
+
+/// The hidden activation of a GPT-2 MLP: one of HF's parameter-free [`Activation`]s, or
+/// TransformerLens' `solu_ln`, which carries a LayerNorm of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlpActivation {
+    /// A parameter-free activation named as in HF's `ACT2FN`.
+    Plain(Activation),
+    /// SoLU then LayerNorm over the MLP width (Elhage et al. 2022, "Softmax Linear Units",
+    /// transformer-circuits.pub/2022/solu; TransformerLens `act_fn = "solu_ln"`):
+    /// `h = LN(z ⊙ softmax(z))` with the softmax over the `n_inner` hidden units of each token,
+    /// `z = x·W_fc + b_fc`. The LN's gain and bias are `transformer.h.{i}.mlp.ln.weight` /
+    /// `.bias` (shape `n_inner`; TransformerLens calls them `blocks.{i}.mlp.ln.w` / `.b`) and
+    /// it uses `layer_norm_epsilon`. HF transformers has no such activation: only replens and
+    /// TransformerLens read these checkpoints.
+    SoluLn,
+}
+
+impl<'de> Deserialize<'de> for MlpActivation {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::IntoDeserializer;
+        let name = String::deserialize(d)?;
+        if name == SOLU_LN {
+            return Ok(MlpActivation::SoluLn);
+        }
+        let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            name.as_str().into_deserializer();
+        Activation::deserialize(de)
+            .map(MlpActivation::Plain)
+            .map_err(|e| {
+                serde::de::Error::custom(format!("{e} (GPT-2 also accepts \"{SOLU_LN}\")"))
+            })
+    }
+}
+
+fn default_gelu_new() -> MlpActivation {
+    MlpActivation::Plain(Activation::GeluTanh)
 }
 fn default_n_positions() -> usize {
     1024
@@ -85,7 +130,7 @@ pub struct Config {
     #[serde(default)]
     pub n_inner: Option<usize>,
     #[serde(default = "default_gelu_new")]
-    pub activation_function: Activation,
+    pub activation_function: MlpActivation,
     #[serde(default = "default_eps")]
     pub layer_norm_epsilon: f64,
     #[serde(default = "default_init_range")]
@@ -152,10 +197,17 @@ struct Block {
     c_proj: Conv1D,
     ln_2: LayerNorm,
     c_fc: Conv1D,
+    /// The activation between `c_fc` and `mlp_proj`, with its weights if it has any.
+    act: BlockActivation,
     mlp_proj: Conv1D,
     /// Multiplies `q·kᵀ`: `1/sqrt(head_dim)` (if `scale_attn_weights`) `/ (layer + 1)` (if
     /// `scale_attn_by_inverse_layer_idx`), as in HF `GPT2Attention.scaling`.
     scaling: f64,
+}
+
+enum BlockActivation {
+    Plain(Activation),
+    SoluLn(LayerNorm),
 }
 
 /// LayerNorm with HF names `weight`/`bias`.
@@ -173,6 +225,8 @@ pub struct Gpt2 {
     blocks: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Linear,
+    /// Some weight is a trainable `Var`: use the differentiable ops (see the module docs).
+    trainable: bool,
 }
 
 impl Gpt2 {
@@ -219,6 +273,13 @@ impl Gpt2 {
                 c_proj: Conv1D::load(d, d, vb.pp("attn.c_proj")).context(ctx)?,
                 ln_2: layer_norm(d, eps, vb.pp("ln_2")).context(ctx)?,
                 c_fc: Conv1D::load(d, inner, vb.pp("mlp.c_fc")).context(ctx)?,
+                act: match cfg.activation_function {
+                    MlpActivation::Plain(a) => BlockActivation::Plain(a),
+                    MlpActivation::SoluLn => BlockActivation::SoluLn(
+                        layer_norm(inner, eps, vb.pp("mlp.ln"))
+                            .context(|| format!("gpt2 layer {i} solu_ln norm (mlp.ln)"))?,
+                    ),
+                },
                 mlp_proj: Conv1D::load(inner, d, vb.pp("mlp.c_proj")).context(ctx)?,
                 scaling,
             });
@@ -236,7 +297,34 @@ impl Gpt2 {
                 if prefix.is_empty() { "" } else { "." }
             );
         };
+        // Any `Var` among the weights means someone trains through this network.
+        let mut weights = vec![&wte, &wpe, ln_f.weight(), &head];
+        weights.extend(ln_f.bias());
+        for b in &blocks {
+            weights.extend([
+                &b.c_attn.weight,
+                &b.c_attn.bias,
+                &b.c_proj.weight,
+                &b.c_proj.bias,
+            ]);
+            weights.extend([
+                &b.c_fc.weight,
+                &b.c_fc.bias,
+                &b.mlp_proj.weight,
+                &b.mlp_proj.bias,
+            ]);
+            let mut norms = vec![&b.ln_1, &b.ln_2];
+            if let BlockActivation::SoluLn(ln) = &b.act {
+                norms.push(ln);
+            }
+            for ln in norms {
+                weights.push(ln.weight());
+                weights.extend(ln.bias());
+            }
+        }
+        let trainable = weights.iter().any(|t| t.is_variable());
         Ok(Self {
+            trainable,
             cfg: cfg.clone(),
             wte: Embedding::new(wte, d),
             wpe: Embedding::new(wpe, d),
@@ -247,8 +335,34 @@ impl Gpt2 {
     }
 }
 
+/// LayerNorm forward; the fused kernel has no backward, so use composite ops when training.
+fn norm(ln: &LayerNorm, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    match (grad, ln.bias()) {
+        (true, Some(bias)) => {
+            candle_nn::ops::layer_norm_slow(x, ln.weight(), bias, ln.eps() as f32)
+        }
+        _ => ln.forward(x),
+    }
+}
+
+/// Softmax over the last dimension; the fused kernel has no backward, so use composite ops
+/// when training.
+fn softmax_last(x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+    if grad {
+        candle_nn::ops::softmax(x, D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
 impl Block {
-    fn attention(&self, x: &Tensor, bias: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    fn attention(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        n_head: usize,
+        grad: bool,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, d) = x.dims3()?;
         let hd = d / n_head;
         let qkv = self.c_attn.forward(x)?;
@@ -258,12 +372,66 @@ impl Block {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let y = attend(&heads(0)?, &heads(1)?, &heads(2)?, bias, self.scaling)?;
+        let y = attend_with(&heads(0)?, &heads(1)?, &heads(2)?, bias, self.scaling, grad)?;
         self.c_proj.forward(&y)
     }
 
-    fn mlp(&self, x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
-        self.mlp_proj.forward(&act.apply(&self.c_fc.forward(x)?)?)
+    fn mlp(&self, x: &Tensor, grad: bool) -> candle_core::Result<Tensor> {
+        let z = self.c_fc.forward(x)?;
+        let h = match &self.act {
+            BlockActivation::Plain(act) => act.apply(&z)?,
+            BlockActivation::SoluLn(ln) => norm(ln, &(&z * softmax_last(&z, grad)?)?, grad)?,
+        };
+        self.mlp_proj.forward(&h)
+    }
+}
+
+impl Gpt2 {
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Blocks `start..n_layer` on the residual stream `x` entering block `start`.
+    fn run_blocks(
+        &self,
+        start: usize,
+        mut x: Tensor,
+        bias: &Tensor,
+        hooks: &HookSpec,
+        cache: &mut ActivationCache,
+        grad: bool,
+    ) -> Result<Tensor> {
+        for (i, block) in self.blocks.iter().enumerate().skip(start) {
+            let ctx = || format!("gpt2 layer {i} forward");
+            cache.record(hooks, HookPoint::ResidPre(i), &x);
+            let h = norm(&block.ln_1, &x, grad).context(ctx)?;
+            let attn = block
+                .attention(&h, bias, self.cfg.n_head, grad)
+                .context(ctx)?;
+            cache.record(hooks, HookPoint::AttnOut(i), &attn);
+            x = (attn + &x).context(ctx)?;
+            let h = norm(&block.ln_2, &x, grad).context(ctx)?;
+            let mlp = block.mlp(&h, grad).context(ctx)?;
+            cache.record(hooks, HookPoint::MlpOut(i), &mlp);
+            x = (&x + mlp).context(ctx)?;
+            cache.record(hooks, HookPoint::ResidPost(i), &x);
+        }
+        Ok(x)
+    }
+
+    /// Final norm and LM head.
+    fn head(
+        &self,
+        x: &Tensor,
+        hooks: &HookSpec,
+        cache: &mut ActivationCache,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let x = norm(&self.ln_f, x, grad).context(|| "gpt2 final norm".to_string())?;
+        cache.record(hooks, HookPoint::LnFinal, &x);
+        self.lm_head
+            .forward(&x)
+            .context(|| "gpt2 LM head".to_string())
     }
 }
 
@@ -283,38 +451,71 @@ impl Transformer for Gpt2 {
         let device = input_ids.device();
         let bias = causal_padding_bias(attention_mask)?;
         let mut cache = ActivationCache::new();
+        let grad = self.trainable;
 
         // HF: position_ids = arange(seq) for every row (right padding keeps real positions).
         let positions = Tensor::arange(0u32, t as u32, device)?;
-        let mut x = self
+        let x = self
             .wte
             .forward(input_ids)?
             .broadcast_add(&self.wpe.forward(&positions)?)?;
         cache.record(hooks, HookPoint::Embed, &x);
+        let x = self.run_blocks(0, x, &bias, hooks, &mut cache, grad)?;
+        let logits = self.head(&x, hooks, &mut cache, grad)?;
+        Ok(ForwardOutput {
+            cache,
+            logits: Some(logits),
+        })
+    }
 
-        let act = self.cfg.activation_function;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let ctx = || format!("gpt2 layer {i} forward");
-            cache.record(hooks, HookPoint::ResidPre(i), &x);
-            let h = block.ln_1.forward(&x).context(ctx)?;
-            let attn = block.attention(&h, &bias, self.cfg.n_head).context(ctx)?;
-            cache.record(hooks, HookPoint::AttnOut(i), &attn);
-            x = (attn + &x).context(ctx)?;
-            let h = block.ln_2.forward(&x).context(ctx)?;
-            let mlp = block.mlp(&h, act).context(ctx)?;
-            cache.record(hooks, HookPoint::MlpOut(i), &mlp);
-            x = (&x + mlp).context(ctx)?;
-            cache.record(hooks, HookPoint::ResidPost(i), &x);
+    /// Blocks `start..n_layer`, final norm and head on `resid`, the `(batch, seq, n_embd)`
+    /// residual stream entering block `start` (`start == n_layer` runs only the final norm and
+    /// head). Positions are `0..seq` as in [`forward`](Transformer::forward); hooks of blocks
+    /// before `start` and `hook_embed` are not recorded.
+    fn forward_from(
+        &self,
+        start: usize,
+        resid: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &HookSpec,
+    ) -> Result<ForwardOutput> {
+        let n = self.cfg.n_layer;
+        if start > n {
+            bail!("forward_from: start block {start} is out of range: the model has {n} blocks, so start must be in 0..={n}");
         }
-        let x = self
-            .ln_f
-            .forward(&x)
-            .context(|| "gpt2 final norm".to_string())?;
-        cache.record(hooks, HookPoint::LnFinal, &x);
-        let logits = self
-            .lm_head
-            .forward(&x)
-            .context(|| "gpt2 LM head".to_string())?;
+        let (b, t, d) = resid
+            .dims3()
+            .context(|| "forward_from: resid must be a (batch, seq, d_model) tensor".to_string())?;
+        if d != self.cfg.n_embd {
+            bail!(
+                "forward_from: resid has width {d} but the model's n_embd is {}",
+                self.cfg.n_embd
+            );
+        }
+        if attention_mask.dims() != [b, t] || attention_mask.dtype() != DType::U32 {
+            bail!(
+                "forward_from: attention_mask must be u32 of shape [{b}, {t}] like resid, got {:?} {:?}",
+                attention_mask.dtype(),
+                attention_mask.dims()
+            );
+        }
+        if b == 0 || t == 0 {
+            bail!("forward_from: empty batch: resid has shape ({b}, {t}, {d})");
+        }
+        if t > self.cfg.n_positions {
+            bail!(
+                "forward_from: sequence length {t} exceeds the model's {} positions",
+                self.cfg.n_positions
+            );
+        }
+        if resid.dtype() != DType::F32 {
+            bail!("forward_from: resid must be f32, got {:?}", resid.dtype());
+        }
+        let bias = causal_padding_bias(attention_mask)?;
+        let mut cache = ActivationCache::new();
+        let grad = self.trainable || resid.track_op();
+        let x = self.run_blocks(start, resid.clone(), &bias, hooks, &mut cache, grad)?;
+        let logits = self.head(&x, hooks, &mut cache, grad)?;
         Ok(ForwardOutput {
             cache,
             logits: Some(logits),
@@ -361,6 +562,10 @@ pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
             p(n("mlp.c_proj.weight"), &[inner, d], Init::Normal(proj_std)),
             p(n("mlp.c_proj.bias"), &[d], Init::Zeros),
         ]);
+        if cfg.activation_function == MlpActivation::SoluLn {
+            specs.push(p(n("mlp.ln.weight"), &[inner], Init::Ones));
+            specs.push(p(n("mlp.ln.bias"), &[inner], Init::Zeros));
+        }
     }
     specs.push(p("transformer.ln_f.weight".into(), &[d], Init::Ones));
     specs.push(p("transformer.ln_f.bias".into(), &[d], Init::Zeros));
@@ -451,9 +656,21 @@ pub(crate) fn attend(
     bias: &Tensor,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
+    attend_with(q, k, v, bias, scale, false)
+}
+
+/// [`attend`], with a softmax that supports backpropagation when `grad`.
+pub(crate) fn attend_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    grad: bool,
+) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
     let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = softmax_last(&scores, grad)?;
     probs
         .matmul(v)?
         .transpose(1, 2)?
@@ -472,11 +689,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.inner_dim(), 256);
-        assert_eq!(c.activation_function, Activation::GeluTanh);
+        assert_eq!(
+            c.activation_function,
+            MlpActivation::Plain(Activation::GeluTanh)
+        );
         assert_eq!((c.n_positions, c.layer_norm_epsilon), (1024, 1e-5));
         assert!(c.scale_attn_weights && c.tie_word_embeddings);
         let specs = param_specs(&c);
         assert_eq!(specs.len(), 2 + 2 * 12 + 2);
+    }
+
+    #[test]
+    fn solu_ln_config_specs_and_missing_norm() {
+        use crate::model::init::random_weights;
+        let json = |act: &str| {
+            format!(
+                r#"{{"vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_positions": 4,
+                    "activation_function": "{act}"}}"#
+            )
+        };
+        let c: Config = serde_json::from_str(&json("solu_ln")).unwrap();
+        assert_eq!(c.activation_function, MlpActivation::SoluLn);
+        let specs = param_specs(&c);
+        assert!(specs
+            .iter()
+            .any(|s| s.name == "transformer.h.0.mlp.ln.weight" && s.shape == [32]));
+        let dev = candle_core::Device::Cpu;
+        let mut w = random_weights(&specs, 0, &dev).unwrap();
+        assert!(Gpt2::load(&c, VarBuilder::from_tensors(w.clone(), DType::F32, &dev)).is_ok());
+        w.remove("transformer.h.0.mlp.ln.bias");
+        let err = Gpt2::load(&c, VarBuilder::from_tensors(w, DType::F32, &dev))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("mlp.ln"), "{err}");
+        let err = serde_json::from_str::<Config>(&json("solu"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("solu_ln"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,23 @@ pub trait Transformer: Send + Sync {
         attention_mask: &Tensor,
         hooks: &HookSpec,
     ) -> Result<ForwardOutput>;
+
+    /// Continue a forward pass from `resid`, the `(batch, seq, d_model)` residual stream entering
+    /// block `start` (`start == n_layers`: only the final norm and head), to the logits. Used by
+    /// model stitching. Architectures that do not support it return an error.
+    fn forward_from(
+        &self,
+        start: usize,
+        resid: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &HookSpec,
+    ) -> Result<ForwardOutput> {
+        let _ = (start, resid, attention_mask, hooks);
+        Err(Error::InvalidInput(
+            "forward_from (continuing from a residual stream) is only implemented for gpt2 models"
+                .into(),
+        ))
+    }
 }
 
 /// Options of [`Model::run_with`].
@@ -497,6 +514,20 @@ impl Model {
     ) -> Result<ForwardOutput> {
         let hooks = self.check_hooks(hooks)?;
         self.net.forward(input_ids, attention_mask, &hooks)
+    }
+
+    /// Continue a forward pass from the residual stream entering block `start` (see
+    /// [`Transformer::forward_from`]): e.g. `blocks.{l}.hook_resid_post` of another model mapped
+    /// to this one's width, with `start = l + 1`. Logits are `(batch, seq, vocab)`.
+    pub fn forward_from(
+        &self,
+        start: usize,
+        resid: &Tensor,
+        attention_mask: &Tensor,
+        hooks: &HookSpec,
+    ) -> Result<ForwardOutput> {
+        let hooks = self.check_hooks(hooks)?;
+        self.net.forward_from(start, resid, attention_mask, &hooks)
     }
 
     /// Validate `hooks` against this model; drop the implied `ln_final` of `HookSpec::all()` for

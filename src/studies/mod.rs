@@ -7,6 +7,8 @@
 //!   (Wei et al., NeurIPS 2024, arXiv 2401.17139).
 
 pub mod diff_erank;
+pub mod distribution_shift;
+pub mod similarity;
 
 pub use diff_erank::{
     run_diff_erank, run_diff_erank_with_twin, DiffErankConfig, DiffErankResult, Layers,
