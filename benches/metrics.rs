@@ -7,6 +7,9 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use replens::metrics::erank::{erank, Centring, ColumnMeanAccumulator, CovarianceAccumulator};
+use replens::metrics::shift::{mmd_permutation_test, MmdOptions};
+use replens::metrics::similarity::linear_cka;
+use replens::train::adue::{AdueConfig, LinearHead, Split};
 use replens::Result;
 
 const D: usize = 768;
@@ -59,6 +62,77 @@ fn erank_streaming(rows: usize) -> Result<()> {
     Ok(())
 }
 
+/// `y = 0.5·x + noise`, both `rows × d` (so that CKA is far from 0 and 1).
+fn correlated_pair(rows: usize, d: usize) -> Result<(Tensor, Tensor)> {
+    let x = common::matrix(0, rows, d, 2);
+    let noise = common::matrix(0, rows, d, 3);
+    let y: Vec<f32> = x.iter().zip(&noise).map(|(a, n)| 0.5 * a + n).collect();
+    Ok((
+        Tensor::from_vec(x, (rows, d), &Device::Cpu)?,
+        Tensor::from_vec(y, (rows, d), &Device::Cpu)?,
+    ))
+}
+
+/// Linear CKA (Kornblith et al. 2019) of two 50k × 768 matrices, in feature space.
+fn cka_50k() -> Result<()> {
+    let (x, y) = correlated_pair(50_000, D)?;
+    let (secs, value) = common::median_time(3, || linear_cka(&x, &y));
+    common::report("cka-50k", secs, 3, value?, "");
+    Ok(())
+}
+
+/// AdUE head fit: 20 full-batch epochs (Adam + one-cycle, the paper's loss) on 6000 × 768
+/// training features, validation ROC-AUC after every epoch on 2000 more.
+fn adue_fit() -> Result<()> {
+    let (n_train, n_val) = (6000, 2000);
+    let z = common::matrix(0, n_train + n_val, D, 4);
+    let labels: Vec<usize> = (0..n_train + n_val)
+        .map(|i| usize::from(common::uniform(i as u64, 6) > 0.0))
+        .collect();
+    let w: Vec<f32> = common::matrix(0, 2, D, 5).iter().map(|v| 0.1 * v).collect();
+    let head = LinearHead::new(
+        &Tensor::from_vec(w, (2, D), &Device::Cpu)?,
+        &Tensor::zeros(2, candle_core::DType::F32, &Device::Cpu)?,
+    )?;
+    let z_train = Tensor::from_vec(z[..n_train * D].to_vec(), (n_train, D), &Device::Cpu)?;
+    let z_val = Tensor::from_vec(z[n_train * D..].to_vec(), (n_val, D), &Device::Cpu)?;
+    let cfg = AdueConfig::default()
+        .lr(1e-2)
+        .alpha(0.1)
+        .beta(0.01)
+        .epochs(20)
+        .patience(1000)
+        .batch_size(n_train)
+        .seed(0);
+    let run = || -> Result<f64> {
+        let fitted = cfg.fit(
+            &head,
+            Split::new(&z_train, &labels[..n_train]),
+            Split::new(&z_val, &labels[n_train..]),
+        )?;
+        Ok(fitted.log().last().map_or(f64::NAN, |e| e.loss))
+    };
+    let (secs, value) = common::median_time(3, run);
+    common::report("adue-fit-6k", secs, 3, value?, "");
+    Ok(())
+}
+
+/// MMD permutation test (RBF, median heuristic, 500 permutations), 5000 × 384 per group,
+/// the second group shifted by 0.02 in every coordinate.
+fn mmd_5k() -> Result<()> {
+    let (n, d) = (5000, 384);
+    let x = Tensor::from_vec(common::matrix(0, n, d, 7), (n, d), &Device::Cpu)?;
+    let y: Vec<f32> = common::matrix(0, n, d, 8)
+        .iter()
+        .map(|v| v + 0.02)
+        .collect();
+    let y = Tensor::from_vec(y, (n, d), &Device::Cpu)?;
+    let opts = MmdOptions::default();
+    let (secs, value) = common::median_time(3, || mmd_permutation_test(&x, &y, &opts));
+    common::report("mmd-perm-5k", secs, 3, value?.statistic, "");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let work = std::env::args()
         .skip(1)
@@ -68,8 +142,11 @@ fn main() -> Result<()> {
         "erank-10k" => erank_in_memory(10_000),
         "erank-100k" => erank_in_memory(100_000),
         "erank-stream-100k" => erank_streaming(100_000),
+        "cka-50k" => cka_50k(),
+        "adue-fit-6k" => adue_fit(),
+        "mmd-perm-5k" => mmd_5k(),
         other => {
-            eprintln!("unknown work item '{other}' (erank-10k, erank-100k, erank-stream-100k)");
+            eprintln!("unknown work item '{other}' (erank-10k, erank-100k, erank-stream-100k, cka-50k, adue-fit-6k, mmd-perm-5k)");
             std::process::exit(2)
         }
     }

@@ -28,6 +28,9 @@ ITEMS = [
     ("extract-minilm-b8", "extraction", ["minilm", "8"], "bench_extract.py", ["minilm", "8"], 1e-3),
     ("erank-10k", "metrics", ["erank-10k"], "bench_metrics.py", ["erank-10k"], 1e-5),
     ("erank-stream-100k", "metrics", ["erank-stream-100k"], "bench_metrics.py", ["erank-stream-100k"], 1e-5),
+    ("cka-50k", "metrics", ["cka-50k"], "bench_metrics.py", ["cka-50k"], 1e-4),
+    ("mmd-perm-5k", "metrics", ["mmd-perm-5k"], "bench_metrics.py", ["mmd-perm-5k"], 1e-5),
+    ("adue-fit-6k", "metrics", ["adue-fit-6k"], "bench_metrics.py", ["adue-fit-6k"], 1e-4),
 ]
 
 

@@ -18,6 +18,57 @@ from nbclient.exceptions import CellExecutionError
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 OUT = os.path.join(ROOT, "target", "notebooks")
+# evcxr builds each cell as a crate in EVCXR_TMPDIR with one profile for everything (the
+# notebooks' `:opt 0`). Cargo also reads `.cargo/config.toml` in every ancestor of that crate, so a
+# config one level up gives the numeric crates (matmul kernels, candle, replens itself) real
+# optimisation while polars & co. stay at opt-level 0 (fast cold compile). One shared tmpdir also
+# lets every notebook after the first reuse the compiled dependencies.
+EVCXR_ROOT = os.path.join(ROOT, "target", "evcxr")
+EVCXR_PROFILE = """# written by scripts/run_notebooks.py
+[profile.dev.package.gemm-common]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.gemm-f32]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.gemm-f64]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.gemm]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.candle-core]
+opt-level = 3
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.candle-nn]
+opt-level = 2
+debug-assertions = false
+overflow-checks = false
+
+[profile.dev.package.replens]
+opt-level = 1
+debug-assertions = false
+overflow-checks = false
+"""
+
+
+def prepare_evcxr_dir():
+    os.makedirs(os.path.join(EVCXR_ROOT, ".cargo"), exist_ok=True)
+    with open(os.path.join(EVCXR_ROOT, ".cargo", "config.toml"), "w") as f:
+        f.write(EVCXR_PROFILE)
+    kernel_dir = os.path.join(EVCXR_ROOT, "kernel")
+    os.makedirs(kernel_dir, exist_ok=True)
+    os.environ.setdefault("EVCXR_TMPDIR", kernel_dir)
 BAD_MARKERS = ("panicked at", "Error:", "error[E", "FAILED:")
 IMAGE_TYPES = ("image/svg+xml", "image/png")
 
@@ -50,6 +101,7 @@ def problems(nb):
 
 def main(paths):
     paths = paths or sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
+    prepare_evcxr_dir()
     os.makedirs(OUT, exist_ok=True)
     failures = 0
     timings = []

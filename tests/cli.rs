@@ -100,3 +100,139 @@ fn activations_writes_parquet_for_the_encoder() {
     let pooled = replens::frame::read_parquet(out.join("pooled.parquet")).unwrap();
     assert_eq!(pooled.height(), 2);
 }
+
+fn fixture(path: &str) -> String {
+    format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn similarity_train_toy_and_stitch_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    let lines: Vec<String> = (0..40)
+        .map(|i| format!("The whale swam {i} leagues past the ship before the crew saw it."))
+        .collect();
+    std::fs::write(&corpus, lines.join("\n")).unwrap();
+    let corpus = corpus.to_str().unwrap();
+
+    let sim_out = dir.path().join("sim");
+    let (code, stdout, err) = replens(&[
+        "similarity",
+        "--model",
+        &fixture("tiny-gpt2/model"),
+        "--file",
+        corpus,
+        "--max-texts",
+        "6",
+        "--out",
+        sim_out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("layer_a"), "{stdout}");
+    let csv = std::fs::read_to_string(sim_out.join("similarity.csv")).unwrap();
+    assert!(csv.starts_with("layer_a,layer_b,value"), "{csv}");
+    assert!(sim_out.join("heatmap.png").exists());
+
+    let mut toys = Vec::new();
+    for act in ["gelu", "solu"] {
+        let out = dir.path().join(act);
+        let (code, stdout, err) = replens(&[
+            "train-toy",
+            "--file",
+            corpus,
+            "--activation",
+            act,
+            "--d-model",
+            "16",
+            "--steps",
+            "3",
+            "--batch",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        assert!(stdout.contains("held-out loss"), "{stdout}");
+        assert!(out.join("model.safetensors").exists());
+        toys.push(out);
+    }
+    let st_out = dir.path().join("stitch");
+    let (code, _, err) = replens(&[
+        "stitch",
+        "--model-a",
+        toys[0].to_str().unwrap(),
+        "--model-b",
+        toys[1].to_str().unwrap(),
+        "--file",
+        corpus,
+        "--steps",
+        "2",
+        "--out",
+        st_out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let csv = std::fs::read_to_string(st_out.join("stitch.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "header + both directions at block 0:\n{csv}"
+    );
+}
+
+#[test]
+fn study_commands_reject_bad_options_in_one_line() {
+    let (code, _, err) = replens(&["similarity", "--file", "x.txt", "--index", "cosine"]);
+    assert_eq!(code, 2);
+    assert_clean_error(&err, "--index 'cosine'");
+    let (code, _, err) = replens(&[
+        "train-toy",
+        "--file",
+        "x.txt",
+        "--activation",
+        "relu",
+        "--out",
+        "/tmp/x",
+    ]);
+    assert_eq!(code, 2);
+    assert_clean_error(&err, "--activation 'relu'");
+    let (code, _, err) = replens(&[
+        "emergence",
+        "--model",
+        &fixture("tiny-gpt2/model"),
+        "--task",
+        "no_such_task",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("error: ") && err.contains("no_such_task"),
+        "{err}"
+    );
+    let (code, _, err) = replens(&[
+        "emergence",
+        "--model",
+        &fixture("tiny-gpt2/model"),
+        "--layers",
+        "99",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("block 99 does not exist"), "{err}");
+}
+
+#[test]
+fn adue_and_shift_reject_bad_input_in_one_line() {
+    let (code, _, err) = replens(&["adue", "--dataset", "no_such_dataset"]);
+    assert_eq!(code, 2);
+    assert_clean_error(&err, "no_such_dataset");
+    let (code, _, err) = replens(&["adue", "--dataset", "x", "--seeds", "one"]);
+    assert_eq!(code, 2);
+    assert_clean_error(&err, "--seeds: 'one'");
+    let (code, _, err) = replens(&[
+        "shift",
+        "--train",
+        "/no/train.jsonl",
+        "--test",
+        "/no/test.jsonl",
+    ]);
+    assert_eq!(code, 2);
+    assert_clean_error(&err, "/no/train.jsonl");
+}

@@ -10,10 +10,10 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use replens::candle_core::{DType, Device, Tensor};
 use replens::metrics::erank::{
-    diff_erank, entropy, erank, erank_or_skip, erank_ratio, erank_report, erank_report_with,
-    alignment_of_eranks, image_reduction_ratio, image_text_alignment, symmetric_eigenvalues, Centring, ColumnMeanAccumulator,
-    CovarianceAccumulator, DiffErank, DiffErankAccumulator, ErankAccumulator, ErankOptions,
-    GramPrecision, SentenceErank, Side, Skip,
+    alignment_of_eranks, diff_erank, entropy, erank, erank_or_skip, erank_ratio, erank_report,
+    erank_report_with, image_reduction_ratio, image_text_alignment, symmetric_eigenvalues,
+    Centring, ColumnMeanAccumulator, CovarianceAccumulator, DiffErank, DiffErankAccumulator,
+    ErankAccumulator, ErankOptions, GramPrecision, SentenceErank, Side, Skip,
 };
 use replens::metrics::stats::{
     bootstrap_ci, mean, paired_bootstrap_ci, pearson, pearson_ci, quantile,

@@ -425,7 +425,7 @@ fn tests_are_seeded_and_sensible() -> R {
     let html = a.html();
     assert!(html.as_str().contains("C2ST") && html.as_str().contains("<table"));
     assert!(a.to_string().contains("KS per PC (Holm)"));
-    // The biased statistic is ≥ the unbiased one's value minus the diagonal terms, and ≥ 0.
+    // MMD²_b is a squared norm (≥ 0); here it exceeds MMD²_u, which drops the diagonal terms.
     let m = mmd2(&x, &y, Bandwidth::Median)?;
     assert!(m.biased >= 0.0 && m.biased > m.unbiased);
     // Identical groups: MMD²_b = 0.
@@ -789,72 +789,5 @@ fn notebook_04_cells() -> Result<(), Box<dyn std::error::Error>> {
     println!("all checks passed");
     // ---- end of the notebook's cells
     println!("notebook cells: {:.1} s", start.elapsed().as_secs_f64());
-    Ok(())
-}
-
-#[test]
-#[ignore]
-fn scratch_probe_experiment() -> R {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sentiment");
-    let rt = LabelledTexts::from_jsonl(format!("{data}/rt_polarity_train.jsonl"), "rt", "label")?;
-    let tw = LabelledTexts::from_jsonl(format!("{data}/vader_tweets_test.jsonl"), "tw", "label")?;
-    let cfg = ShiftConfig::default();
-    let model = Model::load("minilm")?;
-    let rs = rt.sample(488, 0)?;
-    let ts = tw.sample(128, 1)?;
-    let er = Matrix::from_tensor("r", &embed_texts(&model, &rs.texts, &cfg)?)?;
-    let et = Matrix::from_tensor("t", &embed_texts(&model, &ts.texts, &cfg)?)?;
-    let test_idx: Vec<usize> = (360..488).collect();
-    let xte = er.select_rows(&test_idx);
-    let yte = &rs.labels[360..];
-    for ntr in [45, 90, 180, 360] {
-        for c in [0.01, 0.1, 1.0] {
-            let idx: Vec<usize> = (0..ntr).collect();
-            let m = LogisticRegression::new()
-                .c(c)
-                .standardize(true)
-                .fit_matrix(&er.select_rows(&idx), &rs.labels[..ntr])?;
-            println!(
-                "n_train {ntr:>3} C {c:<5} rt {:.3} tweets {:.3} (iters {})",
-                m.accuracy_matrix(&xte, yte)?,
-                m.accuracy_matrix(&et, &ts.labels)?,
-                m.n_iter
-            );
-        }
-    }
-    Ok(())
-}
-
-#[test]
-#[ignore]
-fn scratch_embed_speed() -> R {
-    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/sentiment");
-    let rt = LabelledTexts::from_jsonl(format!("{data}/rt_polarity_train.jsonl"), "rt", "label")?;
-    let cfg = ShiftConfig::default();
-    let model = Model::load("minilm")?;
-    let rs = rt.sample(32, 0)?;
-    let t = std::time::Instant::now();
-    let e = embed_texts(&model, &rs.texts, &cfg)?;
-    println!("embedded 32 texts: {:.2} s", t.elapsed().as_secs_f64());
-    let t = std::time::Instant::now();
-    let e2 = (e.narrow(0, 0, 16)? + 0.0)?;
-    let r = replens::metrics::shift::shift_report(
-        &e.narrow(0, 16, 16)?,
-        &e2,
-        &ShiftOptions::default(),
-    )?;
-    println!(
-        "report on 16+16 rows, 500 permutations: {:.2} s ({})",
-        t.elapsed().as_secs_f64(),
-        r.rows.len()
-    );
-    let t = std::time::Instant::now();
-    let y: Vec<u32> = (0..32).map(|i| i % 2).collect();
-    let m = LogisticRegression::new().standardize(true).fit(&e, &y)?;
-    println!(
-        "probe fit on 32 rows: {:.2} s ({} iterations)",
-        t.elapsed().as_secs_f64(),
-        m.n_iter
-    );
     Ok(())
 }

@@ -399,17 +399,14 @@ fn bad_input_is_an_error_naming_the_problem() -> R {
     assert_eq!(acc.n(), 0);
     assert!(err(acc.finish()).contains("at least 3"));
     // Layers with different row counts name the layer.
-    let e = similarity_matrix(&[x.clone()], &[y.clone()], &Similarity::LinearCka)
+    let (xs, ys) = (std::slice::from_ref(&x), std::slice::from_ref(&y));
+    let e = similarity_matrix(xs, ys, &Similarity::LinearCka)
         .unwrap_err()
         .to_string();
     assert!(e.contains("a[0]") && e.contains("b[0]"), "{e}");
-    let e = similarity_matrix(
-        &[x.clone(), c.clone()],
-        &[x.clone()],
-        &Similarity::LinearCka,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = similarity_matrix(&[x.clone(), c.clone()], xs, &Similarity::LinearCka)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("a[1]") && e.contains("constant"), "{e}");
     Ok(())
 }

@@ -94,6 +94,210 @@ enum Command {
         #[arg(long, default_value = "out/diff-erank")]
         out: PathBuf,
     },
+    /// Study 2: layer × layer similarity (CKA and others) within one model or across two.
+    Similarity {
+        /// Model whose layers are the rows.
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Second model (columns); omitted: the first model against itself.
+        #[arg(long)]
+        model_b: Option<String>,
+        /// Corpus: .txt, .jsonl or .parquet.
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "text")]
+        column: String,
+        #[arg(long, default_value_t = 64)]
+        max_texts: usize,
+        /// linear-cka, rbf-cka, debiased-cka, svcca, pwcca, procrustes, mknn.
+        #[arg(long, default_value = "linear-cka")]
+        index: String,
+        /// Rows of each layer matrix: `tokens` (same tokenizer needed) or a pooling: mean, last, cls.
+        #[arg(long, default_value = "tokens")]
+        rows: String,
+        /// Output directory: similarity.csv, heatmap.svg/.png.
+        #[arg(long, default_value = "out/similarity")]
+        out: PathBuf,
+    },
+    /// Study 2: train a toy GPT-2-style model (byte vocabulary, GeLU or SoLU MLPs) on a corpus.
+    TrainToy {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "text")]
+        column: String,
+        #[arg(long, default_value_t = 1)]
+        layers: usize,
+        /// gelu or solu.
+        #[arg(long, default_value = "gelu")]
+        activation: String,
+        #[arg(long, default_value_t = 128)]
+        d_model: usize,
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Checkpoint directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Study 2: stitch A's residual stream into B (and B's into A) at each layer.
+    Stitch {
+        /// Model A (a directory, e.g. from `train-toy`).
+        #[arg(long)]
+        model_a: String,
+        /// Model B (must tokenize like A; the receiving model must be GPT-2-style).
+        #[arg(long)]
+        model_b: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value = "text")]
+        column: String,
+        /// Comma-separated blocks, or `all`.
+        #[arg(long, default_value = "all")]
+        layers: String,
+        #[arg(long, default_value_t = 200)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory: stitch.csv, asymmetry.csv.
+        #[arg(long, default_value = "out/stitch")]
+        out: PathBuf,
+    },
+    /// Study 4: distribution shift between two labelled corpora (MMD, C2ST, per-PC KS, probe).
+    Shift {
+        #[arg(long, default_value = "minilm")]
+        model: String,
+        /// The "train" distribution: JSONL with `text` and an integer label field.
+        #[arg(long)]
+        train: PathBuf,
+        /// The possibly shifted distribution (same format).
+        #[arg(long)]
+        test: PathBuf,
+        /// Integer label field of both files.
+        #[arg(long, default_value = "label")]
+        label: String,
+        /// Texts drawn from each file.
+        #[arg(long, default_value_t = 500)]
+        n: usize,
+        /// mean, last or cls.
+        #[arg(long, default_value = "mean")]
+        pooling: String,
+        #[arg(long, default_value_t = 500)]
+        permutations: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory: report.csv, projections.parquet, pca.svg/.png.
+        #[arg(long, default_value = "out/shift")]
+        out: PathBuf,
+    },
+    /// Study 5: AdUE — LoRA-fine-tune MiniLM on a classification set, then compare uncertainty
+    /// scores (SR, entropy, MD, RMD, AdUE) by ROC-AUC of the error indicator.
+    Adue {
+        /// data/classification/<name>_{train,validation,test}.jsonl, e.g. conll2010_uncertainty.
+        #[arg(long)]
+        dataset: String,
+        /// Examples kept per split (stratified).
+        #[arg(long, default_value_t = 1000)]
+        max_per_split: usize,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Comma-separated seeds (one fine-tuning + AdUE run each).
+        #[arg(long, default_value = "0,1,2")]
+        seeds: String,
+        /// Output directory: results.csv, per_seed.csv, roc.svg, rejection.svg.
+        #[arg(long, default_value = "out/adue")]
+        out: PathBuf,
+    },
+    /// Study 3: Information Emergence per layer (macro MI − mean micro MI).
+    Emergence {
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// An ICL task (country_capital, animal, colour) or `natural` (needs --file).
+        #[arg(long, default_value = "country_capital")]
+        task: String,
+        #[arg(long, default_value_t = 4)]
+        shots: usize,
+        /// Number of prompts / sequences.
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        /// Corpus for `--task natural`.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        #[arg(long, default_value = "text")]
+        column: String,
+        /// Tokens per natural sequence.
+        #[arg(long, default_value_t = 8)]
+        tokens: usize,
+        /// Comma-separated blocks, or `all`.
+        #[arg(long, default_value = "all")]
+        layers: String,
+        /// mine or infonce.
+        #[arg(long, default_value = "mine")]
+        estimator: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory: emergence.csv, emergence.svg/.png.
+        #[arg(long, default_value = "out/emergence")]
+        out: PathBuf,
+    },
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> replens::Error + '_ {
+    move |source| replens::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn parse_layers(spec: &str, n_layers: usize) -> replens::Result<Vec<usize>> {
+    if spec == "all" {
+        return Ok((0..n_layers).collect());
+    }
+    spec.split(',')
+        .map(|s| {
+            let l: usize = s.trim().parse().map_err(|_| {
+                replens::Error::InvalidInput(format!("--layers: '{s}' is not a block number"))
+            })?;
+            if l >= n_layers {
+                return Err(replens::Error::InvalidInput(format!(
+                    "--layers: block {l} does not exist (the model has {n_layers})"
+                )));
+            }
+            Ok(l)
+        })
+        .collect()
+}
+
+fn parse_index(name: &str) -> replens::Result<replens::metrics::similarity::Similarity> {
+    use replens::metrics::similarity::Similarity;
+    Ok(match name {
+        "linear-cka" => Similarity::LinearCka,
+        "rbf-cka" => Similarity::RbfCka { sigma_frac: 0.8 },
+        "debiased-cka" => Similarity::DebiasedCka,
+        "svcca" => Similarity::Svcca { keep: 0.99 },
+        "pwcca" => Similarity::Pwcca,
+        "procrustes" => Similarity::Procrustes,
+        "mknn" => Similarity::MutualKnn { k: 10 },
+        other => {
+            return Err(replens::Error::InvalidInput(format!(
+                "--index '{other}': expected linear-cka, rbf-cka, debiased-cka, svcca, pwcca, procrustes or mknn"
+            )))
+        }
+    })
+}
+
+fn write_csv(
+    df: &mut replens::polars::prelude::DataFrame,
+    path: &std::path::Path,
+) -> replens::Result<()> {
+    use replens::polars::prelude::{CsvWriter, SerWriter};
+    let mut file = std::fs::File::create(path).map_err(io_err(path))?;
+    CsvWriter::new(&mut file).finish(df)?;
+    Ok(())
 }
 
 fn hook_spec(hooks: &str) -> replens::Result<HookSpec> {
@@ -223,6 +427,243 @@ fn run(cli: Cli) -> replens::Result<()> {
             &model, &file, &column, max_texts, max_tokens, seed, batch_size, resamples, level,
             &layers, &out,
         ),
+        Command::Similarity {
+            model,
+            model_b,
+            file,
+            column,
+            max_texts,
+            index,
+            rows,
+            out,
+        } => {
+            use replens::studies::similarity::{layer_representations, layer_similarity, Rows};
+            let index = parse_index(&index)?;
+            let rows = match rows.as_str() {
+                "tokens" => Rows::Tokens,
+                pooling => Rows::Pooled(pooling.parse::<Pooling>()?),
+            };
+            let mut texts = replens::data::read_texts(&file, &column)?;
+            texts.truncate(max_texts);
+            let opts = RunOptions::default().truncate(true);
+            let a = load(&model)?;
+            let reps_a = layer_representations(&a, &texts, rows, &opts)?;
+            let reps_b = match &model_b {
+                Some(name) => layer_representations(&load(name)?, &texts, rows, &opts)?,
+                None => reps_a.clone(),
+            };
+            let started = Instant::now();
+            let sim = layer_similarity(&reps_a, &reps_b, index)?;
+            eprintln!(
+                "{} on {} rows × {} × {} layer pairs in {:.1} s",
+                index.name(),
+                reps_a.n_rows(),
+                sim.values.len(),
+                sim.values.first().map_or(0, Vec::len),
+                started.elapsed().as_secs_f64()
+            );
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            let mut frame = sim.frame.clone();
+            write_csv(&mut frame, &out.join("similarity.csv"))?;
+            let chart = sim.heatmap()?;
+            chart.save_svg(out.join("heatmap.svg"))?;
+            chart.save_png(out.join("heatmap.png"))?;
+            println!("{}", sim.frame);
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::TrainToy {
+            file,
+            column,
+            layers,
+            activation,
+            d_model,
+            steps,
+            batch,
+            lr,
+            seed,
+            out,
+        } => {
+            use replens::train::toy::{train_toy, ToyActivation, ToyConfig};
+            let activation = match activation.as_str() {
+                "gelu" => ToyActivation::Gelu,
+                "solu" => ToyActivation::Solu,
+                other => {
+                    return Err(replens::Error::InvalidInput(format!(
+                        "--activation '{other}': expected gelu or solu"
+                    )))
+                }
+            };
+            let texts = replens::data::read_texts(&file, &column)?;
+            let cfg = ToyConfig::new(layers, activation)
+                .d_model(d_model)
+                .d_mlp(4 * d_model)
+                .seed(seed);
+            let toy = train_toy(&cfg, &texts, steps, batch, lr)?;
+            toy.save(&out)?;
+            println!(
+                "{}: held-out loss {:.4} → {:.4} nats/byte; saved to {}",
+                cfg.label(),
+                toy.log.initial_eval_loss().unwrap_or(f64::NAN),
+                toy.log.final_eval_loss().unwrap_or(f64::NAN),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Stitch {
+            model_a,
+            model_b,
+            file,
+            column,
+            layers,
+            steps,
+            seed,
+            out,
+        } => {
+            use replens::train::stitch::{stitch_matrix, StitchConfig};
+            let texts = replens::data::read_texts(&file, &column)?;
+            let a = load(&model_a)?;
+            let b = load(&model_b)?;
+            let layers = parse_layers(&layers, a.n_layers().min(b.n_layers()))?;
+            let cfg = StitchConfig::default().steps(steps).seed(seed);
+            let m = stitch_matrix(&a, &b, &layers, &texts, &cfg)?;
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            write_csv(&mut m.to_frame()?, &out.join("stitch.csv"))?;
+            write_csv(&mut m.asymmetry_frame()?, &out.join("asymmetry.csv"))?;
+            println!("{}", m.summary());
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Shift {
+            model,
+            train,
+            test,
+            label,
+            n,
+            pooling,
+            permutations,
+            seed,
+            out,
+        } => {
+            use replens::studies::distribution_shift::{
+                run_distribution_shift, LabelledTexts, ShiftConfig,
+            };
+            let name_of = |p: &std::path::Path| {
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| p.display().to_string())
+            };
+            let (train_name, mut test_name) = (name_of(&train), name_of(&test));
+            if train_name == test_name {
+                test_name.push_str(" (test)");
+            }
+            let a = LabelledTexts::from_jsonl(&train, train_name, &label)?;
+            let b = LabelledTexts::from_jsonl(&test, test_name, &label)?;
+            let cfg = ShiftConfig::default()
+                .model(model.clone())
+                .pooling(pooling.parse::<Pooling>()?)
+                .n_per_group(n)
+                .n_permutations(permutations)
+                .seed(seed)
+                .progress(true);
+            let model = load(&model)?;
+            let started = Instant::now();
+            let res = run_distribution_shift(&model, &a, &b, &cfg)?;
+            eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            write_csv(&mut res.report.to_frame()?, &out.join("report.csv"))?;
+            frame::write_parquet(&res.projections, out.join("projections.parquet"))?;
+            let chart = res.scatter_chart(1, 2)?;
+            chart.save_svg(out.join("pca.svg"))?;
+            chart.save_png(out.join("pca.png"))?;
+            println!("{}", res.report);
+            if let Some(probe) = &res.probe {
+                println!("{}", probe.to_frame(&res.train_name, &res.shifted_name)?);
+            }
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Adue {
+            dataset,
+            max_per_split,
+            epochs,
+            seeds,
+            out,
+        } => {
+            use replens::studies::adue::{run_adue_study, AdueStudyConfig};
+            let seeds = seeds
+                .split(',')
+                .map(|s| {
+                    s.trim().parse::<u64>().map_err(|_| {
+                        replens::Error::InvalidInput(format!("--seeds: '{s}' is not a seed"))
+                    })
+                })
+                .collect::<replens::Result<Vec<_>>>()?;
+            let cfg = AdueStudyConfig::new(dataset)
+                .max_per_split(max_per_split)
+                .epochs(epochs)
+                .seeds(seeds)
+                .progress(true);
+            let res = run_adue_study(&cfg)?;
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            write_csv(&mut res.to_frame()?, &out.join("results.csv"))?;
+            write_csv(&mut res.seeds_frame()?, &out.join("per_seed.csv"))?;
+            res.roc_chart()?.save_svg(out.join("roc.svg"))?;
+            res.rejection_chart()?.save_svg(out.join("rejection.svg"))?;
+            println!("{res}");
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Emergence {
+            model,
+            task,
+            shots,
+            n,
+            file,
+            column,
+            tokens,
+            layers,
+            estimator,
+            seed,
+            out,
+        } => {
+            use replens::metrics::emergence::{
+                icl_prompts, information_emergence, information_emergence_ids, natural_sequences,
+                IclTask, IeConfig, MiEstimator,
+            };
+            use replens::train::mine::MiConfig;
+            let estimator = match estimator.as_str() {
+                "mine" => MiEstimator::Mine,
+                "infonce" => MiEstimator::InfoNce,
+                other => {
+                    return Err(replens::Error::InvalidInput(format!(
+                        "--estimator '{other}': expected mine or infonce"
+                    )))
+                }
+            };
+            let model = load(&model)?;
+            let layers = parse_layers(&layers, model.n_layers())?;
+            let cfg = IeConfig::default()
+                .estimator(estimator)
+                .mi(MiConfig::default().seed(seed));
+            let result = if task == "natural" {
+                let file = file.ok_or_else(|| {
+                    replens::Error::InvalidInput("--task natural needs --file".into())
+                })?;
+                let texts = replens::data::read_texts(&file, &column)?;
+                let ids = natural_sequences(&model, &texts, tokens, n)?;
+                information_emergence_ids(&model, &ids, &layers, &cfg)?
+            } else {
+                let prompts = icl_prompts(&IclTask::load(&task)?, shots, n, seed)?;
+                information_emergence(&model, &prompts, &layers, &cfg)?
+            };
+            std::fs::create_dir_all(&out).map_err(io_err(&out))?;
+            let mut frame = result.to_frame()?;
+            write_csv(&mut frame, &out.join("emergence.csv"))?;
+            println!("{result}");
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
         Command::Models => {
             println!("models directory: {}", source::models_dir().display());
             for name in source::packaged_names() {

@@ -6,6 +6,7 @@
 //! * [`diff_erank`] — Diff-eRank and ΔL of a trained model against its untrained twin
 //!   (Wei et al., NeurIPS 2024, arXiv 2401.17139).
 
+pub mod adue;
 pub mod diff_erank;
 pub mod distribution_shift;
 pub mod similarity;

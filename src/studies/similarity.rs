@@ -149,7 +149,11 @@ impl LayerSimilarity {
 /// `index` between every layer of `a` and every layer of `b` (pass the same reps twice for
 /// the within-model matrix). Rows must correspond: with [`Rows::Tokens`] both models must have
 /// tokenized the corpus identically (checked).
-pub fn layer_similarity(a: &LayerReps, b: &LayerReps, index: Similarity) -> Result<LayerSimilarity> {
+pub fn layer_similarity(
+    a: &LayerReps,
+    b: &LayerReps,
+    index: Similarity,
+) -> Result<LayerSimilarity> {
     if a.n_rows() != b.n_rows() || a.token_ids.len() != b.token_ids.len() {
         return Err(Error::InvalidInput(format!(
             "layer_similarity: {} has {} rows from {} texts but {} has {} rows from {} texts; \
