@@ -52,6 +52,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Context, Error, Result};
+use crate::metrics::linalg;
 use crate::metrics::stats::{paired_bootstrap_ci, Ci};
 
 /// Relative tolerance under which a centred row counts as zero (see the module docs).
@@ -354,7 +355,7 @@ fn gram_matrix(
 /// The input is symmetrised as (A + Aᵀ)/2 first (a Gram matrix from a blocked matmul is
 /// symmetric only up to rounding). Errors on a wrong length, NaN/inf, or (never observed)
 /// failure of QL to converge in 100 sweeps per eigenvalue.
-pub fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
+pub fn symmetric_eigenvalues(a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
     if a.len() != n * n {
         return Err(Error::InvalidInput(format!(
             "symmetric_eigenvalues: expected {n}x{n} = {} values, got {}",
@@ -366,146 +367,10 @@ pub fn symmetric_eigenvalues(mut a: Vec<f64>, n: usize) -> Result<Vec<f64>> {
         return Ok(Vec::new());
     }
     check_finite(&a, n)?;
-    for i in 0..n {
-        for j in 0..i {
-            let s = 0.5 * (a[i * n + j] + a[j * n + i]);
-            a[i * n + j] = s;
-            a[j * n + i] = s;
-        }
-    }
-    let (mut diag, mut off) = tridiagonalise(&mut a, n);
-    tridiagonal_ql(&mut diag, &mut off)?;
+    let mut a = linalg::symmetrise(a, n);
+    let mut diag = linalg::eigenvalues_in_place(&mut a, n)?;
     diag.sort_by(|x, y| y.total_cmp(x));
     Ok(diag)
-}
-
-/// Householder reduction of the symmetric `a` (destroyed) to tridiagonal form.
-/// Returns (diagonal, off-diagonal) with `off[k]` coupling k and k+1, `off[n-1] = 0`.
-fn tridiagonalise(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-    let mut diag = vec![0.0; n];
-    let mut off = vec![0.0; n];
-    let mut v = vec![0.0; n];
-    let mut p = vec![0.0; n];
-    for k in 0..n.saturating_sub(2) {
-        diag[k] = a[k * n + k];
-        let s = k + 1; // the trailing block is a[s.., s..]
-        let m = n - s;
-        let v = &mut v[..m];
-        let p = &mut p[..m];
-        for (i, vi) in v.iter_mut().enumerate() {
-            *vi = a[(s + i) * n + k];
-        }
-        let xnorm = norm(v);
-        if xnorm == 0.0 {
-            off[k] = 0.0;
-            continue;
-        }
-        // Reflect x onto alpha·e1 with alpha of the opposite sign of x0 (no cancellation).
-        let alpha = if v[0] >= 0.0 { -xnorm } else { xnorm };
-        off[k] = alpha;
-        v[0] -= alpha;
-        let vnorm2: f64 = v.iter().map(|x| x * x).sum();
-        if vnorm2 == 0.0 {
-            continue;
-        }
-        let beta = 2.0 / vnorm2;
-        // p = beta · A22 v
-        for (i, pi) in p.iter_mut().enumerate() {
-            let row = &a[(s + i) * n + s..(s + i) * n + n];
-            *pi = beta * row.iter().zip(v.iter()).map(|(x, y)| x * y).sum::<f64>();
-        }
-        // q = p − (beta/2)(vᵀp) v ; A22 −= v qᵀ + q vᵀ
-        let kq = 0.5 * beta * v.iter().zip(p.iter()).map(|(x, y)| x * y).sum::<f64>();
-        for (pi, vi) in p.iter_mut().zip(v.iter()) {
-            *pi -= kq * vi;
-        }
-        for i in 0..m {
-            let (vi, qi) = (v[i], p[i]);
-            let row = &mut a[(s + i) * n + s..(s + i) * n + n];
-            for ((x, &vj), &qj) in row.iter_mut().zip(v.iter()).zip(p.iter()) {
-                *x -= vi * qj + qi * vj;
-            }
-        }
-    }
-    if n >= 2 {
-        diag[n - 2] = a[(n - 2) * n + n - 2];
-        off[n - 2] = a[(n - 1) * n + n - 2];
-    }
-    diag[n - 1] = a[(n - 1) * n + n - 1];
-    off[n - 1] = 0.0;
-    (diag, off)
-}
-
-/// Implicit QL with Wilkinson shifts on a symmetric tridiagonal matrix; on return `d` holds
-/// the eigenvalues (unsorted). `e[i]` couples `d[i]` and `d[i+1]`; `e` is destroyed.
-fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    let n = d.len();
-    // Off-diagonal elements are negligible relative to the norm of the whole matrix (as in
-    // EISPACK tql1), not only to their neighbours: in a cluster of (numerically) zero
-    // eigenvalues — every rank-deficient Gram matrix — a purely local test never triggers,
-    // because those entries are only accurate to ~eps·‖T‖ in absolute terms.
-    let anorm = (0..n).fold(0.0f64, |acc, i| {
-        let left = if i > 0 { e[i - 1].abs() } else { 0.0 };
-        acc.max(d[i].abs() + e[i].abs() + left)
-    });
-    let tol = f64::EPSILON * anorm;
-    for l in 0..n {
-        let mut iterations = 0;
-        loop {
-            // Find the first negligible off-diagonal element at or after l.
-            let mut m = l;
-            while m + 1 < n {
-                if e[m].abs() <= tol {
-                    break;
-                }
-                m += 1;
-            }
-            if m == l {
-                break;
-            }
-            iterations += 1;
-            if iterations > 100 {
-                return Err(Error::InvalidInput(format!(
-                    "symmetric eigen-solver: QL did not converge for eigenvalue {l} of {n}"
-                )));
-            }
-            // Wilkinson shift from the leading 2x2 block of the unreduced part.
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut deflated_early = false;
-            let mut i = m;
-            while i > l {
-                i -= 1;
-                let f = s * e[i];
-                let b = c * e[i];
-                r = f.hypot(g);
-                e[i + 1] = r;
-                if r == 0.0 {
-                    // Underflow: the matrix splits here; restart the sweep.
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated_early = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                let g2 = d[i + 1] - p;
-                r = (d[i] - g2) * s + 2.0 * c * b;
-                p = s * r;
-                d[i + 1] = g2 + p;
-                g = c * r - b;
-            }
-            if deflated_early {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

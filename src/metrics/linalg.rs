@@ -119,18 +119,11 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
             j = worst.2,
         );
     }
-    let mut w = a.to_vec();
-    for i in 0..n {
-        for j in 0..i {
-            let s = 0.5 * (w[i * n + j] + w[j * n + i]);
-            w[i * n + j] = s;
-            w[j * n + i] = s;
-        }
-    }
-    let (mut diag, mut off, q) = tridiagonalise_with_vectors(&mut w, n);
+    let mut w = symmetrise(a.to_vec(), n);
+    let (mut diag, mut off, q) = tridiagonalise(&mut w, n, true);
     // Rows of `zt` are the columns of Q: each QL rotation then combines two contiguous rows.
-    let mut zt = transpose(&q, n, n);
-    tridiagonal_ql_with_vectors(&mut diag, &mut off, &mut zt, n)?;
+    let mut zt = transpose(&q.unwrap_or_default(), n, n);
+    tridiagonal_ql(&mut diag, &mut off, Some(&mut zt))?;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| diag[y].total_cmp(&diag[x]));
     let values: Vec<f64> = order.iter().map(|&k| diag[k]).collect();
@@ -143,12 +136,24 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok((values, vectors))
 }
 
-/// Householder tridiagonalisation of the symmetric `a` (destroyed). Returns (diagonal,
-/// off-diagonal with `off[k]` coupling k and k+1, Q) with A = Q T Qᵀ, Q row-major.
-fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+/// The eigenvalues (unsorted) of the symmetric `n × n` matrix `a` (destroyed; checked and
+/// symmetrised by the caller): [`tridiagonalise`] then [`tridiagonal_ql`] without vectors,
+/// O(4n³/3). Used by [`symmetric_eigen`]'s callers that need no vectors, e.g.
+/// [`crate::metrics::erank::symmetric_eigenvalues`].
+pub(crate) fn eigenvalues_in_place(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
+    let (mut diag, mut off, _) = tridiagonalise(a, n, false);
+    tridiagonal_ql(&mut diag, &mut off, None)?;
+    Ok(diag)
+}
+
+/// Householder tridiagonalisation of the symmetric `a` (destroyed) (Golub & Van Loan §8.3).
+/// Returns (diagonal, off-diagonal with `off[k]` coupling k and k+1, Q if `with_q`) with
+/// A = Q T Qᵀ, Q row-major.
+fn tridiagonalise(a: &mut [f64], n: usize, with_q: bool) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
     let mut diag = vec![0.0; n];
     let mut off = vec![0.0; n];
-    let mut reflectors: Vec<(Vec<f64>, f64)> = Vec::with_capacity(n.saturating_sub(2));
+    let mut reflectors: Vec<(Vec<f64>, f64)> =
+        Vec::with_capacity(if with_q { n.saturating_sub(2) } else { 0 });
     let mut p = vec![0.0; n];
     for k in 0..n.saturating_sub(2) {
         diag[k] = a[k * n + k];
@@ -158,7 +163,9 @@ fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, 
         let xnorm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         if xnorm == 0.0 {
             off[k] = 0.0;
-            reflectors.push((v, 0.0));
+            if with_q {
+                reflectors.push((v, 0.0));
+            }
             continue;
         }
         // Reflect x onto alpha·e1 with alpha of the opposite sign of x0 (no cancellation).
@@ -167,7 +174,9 @@ fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, 
         v[0] -= alpha;
         let vnorm2: f64 = v.iter().map(|x| x * x).sum();
         if vnorm2 == 0.0 {
-            reflectors.push((v, 0.0));
+            if with_q {
+                reflectors.push((v, 0.0));
+            }
             continue;
         }
         let beta = 2.0 / vnorm2;
@@ -188,7 +197,9 @@ fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, 
                 *x -= vi * qj + qi * vj;
             }
         }
-        reflectors.push((v, beta));
+        if with_q {
+            reflectors.push((v, beta));
+        }
     }
     if n >= 2 {
         diag[n - 2] = a[(n - 2) * n + n - 2];
@@ -196,6 +207,9 @@ fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, 
     }
     diag[n - 1] = a[(n - 1) * n + n - 1];
     off[n - 1] = 0.0;
+    if !with_q {
+        return (diag, off, None);
+    }
 
     // Q = H_0 H_1 … H_{n−3}, accumulated backwards: before H_k is applied the product acts
     // only on indices ≥ k+2, so H_k touches rows and columns ≥ k+1 only.
@@ -226,21 +240,19 @@ fn tridiagonalise_with_vectors(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, 
             }
         }
     }
-    (diag, off, q)
+    (diag, off, Some(q))
 }
 
 /// Implicit QL with Wilkinson shifts on a symmetric tridiagonal matrix (`d` diagonal, `e[i]`
-/// coupling i and i+1; `e` destroyed), applying every rotation to the rows of `zt`
-/// (`zt` row i = eigenvector i on return, eigenvalues in `d`, unsorted).
-fn tridiagonal_ql_with_vectors(
-    d: &mut [f64],
-    e: &mut [f64],
-    zt: &mut [f64],
-    n: usize,
-) -> Result<()> {
-    // Negligibility relative to the whole matrix (EISPACK tql2), not to the neighbours only:
-    // clusters of numerically-zero eigenvalues (rank-deficient Gram matrices) never pass a
-    // purely local test.
+/// coupling i and i+1; `e` destroyed); eigenvalues in `d` on return, unsorted. With `zt`
+/// (`n × n`, rows = the columns of the tridiagonalising Q) every rotation is applied to its
+/// rows, so that row i is eigenvector i on return.
+fn tridiagonal_ql(d: &mut [f64], e: &mut [f64], mut zt: Option<&mut [f64]>) -> Result<()> {
+    let n = d.len();
+    // Negligibility relative to the whole matrix (EISPACK tql1/tql2), not to the neighbours
+    // only: in a cluster of (numerically) zero eigenvalues — every rank-deficient Gram matrix —
+    // a purely local test never triggers, because those entries are only accurate to ~eps·‖T‖
+    // in absolute terms.
     let anorm = (0..n).fold(0.0f64, |acc, i| {
         let left = if i > 0 { e[i - 1].abs() } else { 0.0 };
         acc.max(d[i].abs() + e[i].abs() + left)
@@ -261,7 +273,7 @@ fn tridiagonal_ql_with_vectors(
             }
             iterations += 1;
             if iterations > 100 {
-                bail!("symmetric_eigen: QL did not converge for eigenvalue {l} of {n}");
+                bail!("symmetric eigen-solver: QL did not converge for eigenvalue {l} of {n}");
             }
             let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
             let mut r = g.hypot(1.0);
@@ -288,13 +300,15 @@ fn tridiagonal_ql_with_vectors(
                 p = s * r;
                 d[i + 1] = g2 + p;
                 g = c * r - b;
-                let (lo, hi) = zt.split_at_mut((i + 1) * n);
-                let zi = &mut lo[i * n..];
-                let zi1 = &mut hi[..n];
-                for (a, b) in zi.iter_mut().zip(zi1.iter_mut()) {
-                    let f = *b;
-                    *b = s * *a + c * f;
-                    *a = c * *a - s * f;
+                if let Some(zt) = zt.as_deref_mut() {
+                    let (lo, hi) = zt.split_at_mut((i + 1) * n);
+                    let zi = &mut lo[i * n..];
+                    let zi1 = &mut hi[..n];
+                    for (a, b) in zi.iter_mut().zip(zi1.iter_mut()) {
+                        let f = *b;
+                        *b = s * *a + c * f;
+                        *a = c * *a - s * f;
+                    }
                 }
             }
             if deflated_early {
