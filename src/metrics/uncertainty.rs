@@ -617,10 +617,22 @@ impl Mahalanobis {
         options: MahalanobisOptions,
     ) -> Result<Self> {
         const WHAT: &str = "Mahalanobis::fit";
-        check_fit_args(WHAT, n_classes, &options)?;
-        let (x, n, d) = prepare_features(WHAT, features, None, &options)?;
-        check_labels(WHAT, labels, n, n_classes)?;
-        let gaussians = TiedGaussians::fit(WHAT, &x, n, d, labels, n_classes, options.ridge)?;
+        let (x, n, d) = prepare_fit(WHAT, features, labels, n_classes, &options)?;
+        Self::fit_prepared(WHAT, &x, n, d, labels, n_classes, options)
+    }
+
+    /// The class-conditional fit on features already checked and normalised by
+    /// [`prepare_fit`] (shared with [`RelativeMahalanobis`]).
+    fn fit_prepared(
+        what: &str,
+        x: &[f64],
+        n: usize,
+        d: usize,
+        labels: &[usize],
+        n_classes: usize,
+        options: MahalanobisOptions,
+    ) -> Result<Self> {
+        let gaussians = TiedGaussians::fit(what, x, n, d, labels, n_classes, options.ridge)?;
         Ok(Self {
             gaussians,
             n_classes,
@@ -699,17 +711,11 @@ impl RelativeMahalanobis {
         options: MahalanobisOptions,
     ) -> Result<Self> {
         const WHAT: &str = "RelativeMahalanobis::fit";
-        check_fit_args(WHAT, n_classes, &options)?;
-        let (x, n, d) = prepare_features(WHAT, features, None, &options)?;
-        check_labels(WHAT, labels, n, n_classes)?;
-        let gaussians = TiedGaussians::fit(WHAT, &x, n, d, labels, n_classes, options.ridge)?;
+        let (x, n, d) = prepare_fit(WHAT, features, labels, n_classes, &options)?;
+        let classes = Mahalanobis::fit_prepared(WHAT, &x, n, d, labels, n_classes, options)?;
         let background = TiedGaussians::fit(WHAT, &x, n, d, &vec![0; n], 1, options.ridge)?;
         Ok(Self {
-            classes: Mahalanobis {
-                gaussians,
-                n_classes,
-                options,
-            },
+            classes,
             background,
         })
     }
@@ -746,6 +752,20 @@ impl RelativeMahalanobis {
             .map(|(r, b)| r.iter().copied().fold(f64::INFINITY, f64::min) - b)
             .collect())
     }
+}
+
+/// Argument checks and feature preparation shared by the Mahalanobis-family fits.
+fn prepare_fit(
+    what: &str,
+    features: &Tensor,
+    labels: &[usize],
+    n_classes: usize,
+    options: &MahalanobisOptions,
+) -> Result<(Vec<f64>, usize, usize)> {
+    check_fit_args(what, n_classes, options)?;
+    let (x, n, d) = prepare_features(what, features, None, options)?;
+    check_labels(what, labels, n, n_classes)?;
+    Ok((x, n, d))
 }
 
 // ---------------------------------------------------------------------------------------
