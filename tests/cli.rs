@@ -25,33 +25,43 @@ fn assert_clean_error(stderr: &str, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Run `args`, expect exit code 2 and one clean `error:` line containing `needle`.
+fn fails_cleanly(args: &[&str], needle: &str) {
+    let (code, _, err) = replens(args);
+    assert_eq!(code, 2, "{err}");
+    assert_clean_error(&err, needle);
+}
+
 #[test]
 fn missing_file_unknown_model_unknown_hook_are_one_line_errors() {
-    let (code, _, err) = replens(&[
-        "activations",
-        "--model",
-        "minilm",
-        "--file",
+    fails_cleanly(
+        &[
+            "activations",
+            "--model",
+            "minilm",
+            "--file",
+            "/no/such/file.txt",
+        ],
         "/no/such/file.txt",
-    ]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "/no/such/file.txt");
+    );
 
-    let (code, _, err) = replens(&["activations", "--model", "no-such-model", "--text", "hi"]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "no-such-model");
+    fails_cleanly(
+        &["activations", "--model", "no-such-model", "--text", "hi"],
+        "no-such-model",
+    );
 
-    let (code, _, err) = replens(&[
-        "activations",
-        "--model",
-        "minilm",
-        "--text",
-        "hi",
-        "--hooks",
+    fails_cleanly(
+        &[
+            "activations",
+            "--model",
+            "minilm",
+            "--text",
+            "hi",
+            "--hooks",
+            "blocks.0.hook_nope",
+        ],
         "blocks.0.hook_nope",
-    ]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "blocks.0.hook_nope");
+    );
 }
 
 #[test]
@@ -181,20 +191,22 @@ fn similarity_train_toy_and_stitch_run_end_to_end() {
 
 #[test]
 fn study_commands_reject_bad_options_in_one_line() {
-    let (code, _, err) = replens(&["similarity", "--file", "x.txt", "--index", "cosine"]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "--index 'cosine'");
-    let (code, _, err) = replens(&[
-        "train-toy",
-        "--file",
-        "x.txt",
-        "--activation",
-        "relu",
-        "--out",
-        "/tmp/x",
-    ]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "--activation 'relu'");
+    fails_cleanly(
+        &["similarity", "--file", "x.txt", "--index", "cosine"],
+        "--index 'cosine'",
+    );
+    fails_cleanly(
+        &[
+            "train-toy",
+            "--file",
+            "x.txt",
+            "--activation",
+            "relu",
+            "--out",
+            "/tmp/x",
+        ],
+        "--activation 'relu'",
+    );
     let (code, _, err) = replens(&[
         "emergence",
         "--model",
@@ -220,19 +232,19 @@ fn study_commands_reject_bad_options_in_one_line() {
 
 #[test]
 fn adue_and_shift_reject_bad_input_in_one_line() {
-    let (code, _, err) = replens(&["adue", "--dataset", "no_such_dataset"]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "no_such_dataset");
-    let (code, _, err) = replens(&["adue", "--dataset", "x", "--seeds", "one"]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "--seeds: 'one'");
-    let (code, _, err) = replens(&[
-        "shift",
-        "--train",
+    fails_cleanly(&["adue", "--dataset", "no_such_dataset"], "no_such_dataset");
+    fails_cleanly(
+        &["adue", "--dataset", "x", "--seeds", "one"],
+        "--seeds: 'one'",
+    );
+    fails_cleanly(
+        &[
+            "shift",
+            "--train",
+            "/no/train.jsonl",
+            "--test",
+            "/no/test.jsonl",
+        ],
         "/no/train.jsonl",
-        "--test",
-        "/no/test.jsonl",
-    ]);
-    assert_eq!(code, 2);
-    assert_clean_error(&err, "/no/train.jsonl");
+    );
 }
