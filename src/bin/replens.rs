@@ -706,15 +706,9 @@ fn diff_erank_command(
     let started = Instant::now();
     let res = run_diff_erank(&model, &texts, &cfg)?;
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
-    std::fs::create_dir_all(out).map_err(|source| replens::Error::Io {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
     let csv = out.join("summary.csv");
-    std::fs::write(&csv, res.summary_csv()).map_err(|source| replens::Error::Io {
-        path: csv.clone(),
-        source,
-    })?;
+    std::fs::write(&csv, res.summary_csv()).map_err(io_err(&csv))?;
     frame::write_parquet(&res.to_frame()?, out.join("summary.parquet"))?;
     frame::write_parquet(&res.per_sentence, out.join("per_sentence.parquet"))?;
     if let Some(pl) = &res.per_layer {
