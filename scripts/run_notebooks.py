@@ -24,42 +24,13 @@ OUT = os.path.join(ROOT, "target", "notebooks")
 # optimisation while polars & co. stay at opt-level 0 (fast cold compile). One shared tmpdir also
 # lets every notebook after the first reuse the compiled dependencies.
 EVCXR_ROOT = os.path.join(ROOT, "target", "evcxr")
-EVCXR_PROFILE = """# written by scripts/run_notebooks.py
-[profile.dev.package.gemm-common]
-opt-level = 3
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.gemm-f32]
-opt-level = 3
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.gemm-f64]
-opt-level = 3
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.gemm]
-opt-level = 3
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.candle-core]
-opt-level = 3
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.candle-nn]
-opt-level = 2
-debug-assertions = false
-overflow-checks = false
-
-[profile.dev.package.replens]
-opt-level = 1
-debug-assertions = false
-overflow-checks = false
-"""
+# package -> opt-level; all of them without debug assertions or overflow checks
+EVCXR_OPTIMISED = {"gemm-common": 3, "gemm-f32": 3, "gemm-f64": 3, "gemm": 3,
+                   "candle-core": 3, "candle-nn": 2, "replens": 1}
+EVCXR_PROFILE = "# written by scripts/run_notebooks.py\n" + "\n".join(
+    f"[profile.dev.package.{name}]\nopt-level = {level}\ndebug-assertions = false\noverflow-checks = false\n"
+    for name, level in EVCXR_OPTIMISED.items()
+)
 
 
 def prepare_evcxr_dir():
