@@ -7,6 +7,7 @@ Executed copies go to target/notebooks/ (the sources stay clean). Prints the run
 
 usage: .venv/bin/python scripts/run_notebooks.py [notebooks/01-....ipynb ...]
 """
+import fcntl
 import glob
 import os
 import sys
@@ -22,7 +23,9 @@ OUT = os.path.join(ROOT, "target", "notebooks")
 # notebooks' `:opt 0`). Cargo also reads `.cargo/config.toml` in every ancestor of that crate, so a
 # config one level up gives the numeric crates (matmul kernels, candle, replens itself) real
 # optimisation while polars & co. stay at opt-level 0 (fast cold compile). One shared tmpdir also
-# lets every notebook after the first reuse the compiled dependencies.
+# lets every notebook after the first reuse the compiled dependencies. (The kernel cannot reuse
+# the test build's dependencies: evcxr builds with RUSTFLAGS=-Cprefer-dynamic, which gives every
+# crate a different artifact hash.)
 EVCXR_ROOT = os.path.join(ROOT, "target", "evcxr")
 # package -> opt-level; all of them without debug assertions or overflow checks
 EVCXR_OPTIMISED = {"gemm-common": 3, "gemm-f32": 3, "gemm-f64": 3, "gemm": 3,
@@ -73,6 +76,14 @@ def problems(nb):
 def main(paths):
     paths = paths or sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
     prepare_evcxr_dir()
+    # Two runs at once would build their cells in the same kernel crate and overwrite each
+    # other's code: the second run waits for the first.
+    lock = open(os.path.join(EVCXR_ROOT, "run.lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another run_notebooks.py is running; waiting for it", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
     os.makedirs(OUT, exist_ok=True)
     failures = 0
     timings = []
