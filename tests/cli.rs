@@ -248,3 +248,73 @@ fn adue_and_shift_reject_bad_input_in_one_line() {
         "/no/train.jsonl",
     );
 }
+
+#[test]
+fn shift_fine_tune_runs_and_rejects_a_decoder_or_bad_epochs_before_embedding() {
+    let data = |f: &str| format!("{}/data/sentiment/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (train, test) = (
+        data("rt_polarity_test.jsonl"),
+        data("vader_tweets_test.jsonl"),
+    );
+    let (gpt2, roberta) = (fixture("tiny-gpt2/model"), fixture("tiny-roberta"));
+    let files = ["--train", train.as_str(), "--test", test.as_str()];
+    let shift = |model: &str, extra: &[&str]| -> Vec<String> {
+        let head = ["shift", "--model", model].into_iter().chain(files);
+        head.chain(extra.iter().copied())
+            .map(String::from)
+            .collect()
+    };
+    for (args, needle) in [
+        (
+            shift(&gpt2, &["--fine-tune"]),
+            "needs a BERT-family encoder",
+        ),
+        (
+            shift(&roberta, &["--fine-tune", "--ft-epochs", "0"]),
+            "epochs and batch_size must be at least 1",
+        ),
+    ] {
+        // The model loads (one "loaded …" line), then the check fails before any embedding.
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, err) = replens(&args);
+        assert_eq!(code, 2, "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("error: ") && last.contains(needle),
+            "{err}"
+        );
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("texts:"),
+            "{err}"
+        );
+    }
+    // End to end on the tiny RoBERTa fixture (< 1 s): both arms, tested on the same rows.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let extra = [
+        "--n",
+        "40",
+        "--permutations",
+        "19",
+        "--fine-tune",
+        "--ft-epochs",
+        "1",
+        "--out",
+        out,
+    ];
+    let args = shift(&roberta, &extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, err) = replens(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("probe vs LoRA fine-tuning"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.path().join("comparison.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert_eq!((rows[1][0], rows[2][0]), ("probe", "lora"), "{csv}");
+    assert_eq!(
+        rows[1][2..4],
+        rows[2][2..4],
+        "same n_test, n_shifted: {csv}"
+    );
+}

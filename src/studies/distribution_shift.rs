@@ -17,7 +17,11 @@
 //!    Holm and Benjamini–Hochberg corrections);
 //! 4. a logistic-regression probe on the frozen embeddings, trained on part of the "train"
 //!    distribution and evaluated on its held-out part and on the shifted set, with bootstrap
-//!    CIs of both accuracies. (Fine-tuning the encoder is not part of this module.)
+//!    CIs of both accuracies;
+//! 5. optionally ([`ShiftConfig::fine_tune`], [`fine_tune_lora`]) the paper's other arm: a
+//!    classifier fine-tuned with LoRA (Hu et al., arXiv 2106.09685; [`crate::train::lora`]) on
+//!    the same training rows and evaluated on exactly the probe's test rows, so the two
+//!    accuracies, their CIs and their drops compare row for row ([`comparison_frame`]).
 //!
 //! The data (see `docs/DATA.md`): Sentiment140 ships in no registry package. Its closest
 //! analogue here is `rt_polarity` (Pang & Lee's Rotten Tomatoes snippets, labelled
@@ -39,8 +43,9 @@
 //! ```
 
 use std::path::Path;
+use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 use polars::prelude::{Column, DataFrame};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -55,8 +60,13 @@ use crate::metrics::shift::{
     MmdOptions, Pca, ShiftOptions, ShiftReport,
 };
 use crate::metrics::stats::{bootstrap_ci, mean, Ci};
+use crate::model::source::SourceKind;
 use crate::model::{Model, RunOptions};
 use crate::plot::{Chart, ScatterChart};
+use crate::train::lora::{
+    ClassifierConfig, LoraConfig, Pooling as HeadPooling, Precision, SequenceClassifier, Splits,
+    TrainOptions,
+};
 use crate::train::probe::{LogisticRegression, Matrix};
 
 /// A named list of texts with integer class labels (0 = negative, 1 = positive for the
@@ -206,7 +216,9 @@ pub struct ShiftConfig {
     /// Texts drawn at random from each group before embedding; `None` = all.
     pub n_per_group: Option<usize>,
     /// Master seed: sampling uses `seed` and `seed + 1`, the tests `seed` (see
-    /// [`ShiftOptions::seed`]), the probe split `seed + 3`, the bootstrap `seed + 4`.
+    /// [`ShiftOptions::seed`]), the probe split `seed + 3`, the bootstrap `seed + 4`, the
+    /// fine-tuning's validation slice `seed + 5`, its LoRA/head initialisation and shuffling
+    /// `seed + 6`.
     pub seed: u64,
     /// MMD permutations (default 500).
     pub n_permutations: usize,
@@ -224,8 +236,11 @@ pub struct ShiftConfig {
     pub level: f64,
     /// Texts per forward pass.
     pub batch_size: usize,
-    /// Show embedding progress on stderr.
+    /// Show embedding progress (and fine-tuning progress) on stderr.
     pub progress: bool,
+    /// Also fine-tune a LoRA classifier and compare it with the probe (default `None`: off);
+    /// see [`fine_tune_lora`].
+    pub fine_tune: Option<FineTuneOptions>,
 }
 
 impl Default for ShiftConfig {
@@ -245,6 +260,7 @@ impl Default for ShiftConfig {
             level: 0.95,
             batch_size: 16,
             progress: false,
+            fine_tune: None,
         }
     }
 }
@@ -304,6 +320,11 @@ impl ShiftConfig {
     }
     pub fn progress(mut self, yes: bool) -> Self {
         self.progress = yes;
+        self
+    }
+    /// Turn on the fine-tuned arm ([`fine_tune_lora`]) with these settings.
+    pub fn fine_tune(mut self, opts: FineTuneOptions) -> Self {
+        self.fine_tune = Some(opts);
         self
     }
 
@@ -379,19 +400,34 @@ impl ProbeResult {
 
     /// Two rows: `evaluated_on`, `n`, `accuracy`, `lower`, `upper`, `level`.
     pub fn to_frame(&self, train_name: &str, shifted_name: &str) -> Result<DataFrame> {
-        let cis = [&self.in_distribution, &self.shifted];
-        Ok(DataFrame::new_infer_height(vec![
-            Column::new(
-                "evaluated_on".into(),
-                [format!("{train_name} (held out)"), shifted_name.to_string()],
-            ),
-            Column::new("n".into(), [self.n_test as u32, self.n_shifted as u32]),
-            Column::new("accuracy".into(), cis.map(|c| c.estimate)),
-            Column::new("lower".into(), cis.map(|c| c.lower)),
-            Column::new("upper".into(), cis.map(|c| c.upper)),
-            Column::new("level".into(), cis.map(|c| c.level)),
-        ])?)
+        accuracy_frame(
+            [&self.in_distribution, &self.shifted],
+            [self.n_test, self.n_shifted],
+            train_name,
+            shifted_name,
+        )
     }
+}
+
+/// The two-row accuracy frame shared by [`ProbeResult::to_frame`] and
+/// [`FineTuneResult::to_frame`].
+fn accuracy_frame(
+    cis: [&Ci; 2],
+    n: [usize; 2],
+    train_name: &str,
+    shifted_name: &str,
+) -> Result<DataFrame> {
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new(
+            "evaluated_on".into(),
+            [format!("{train_name} (held out)"), shifted_name.to_string()],
+        ),
+        Column::new("n".into(), n.map(|n| n as u32)),
+        Column::new("accuracy".into(), cis.map(|c| c.estimate)),
+        Column::new("lower".into(), cis.map(|c| c.lower)),
+        Column::new("upper".into(), cis.map(|c| c.upper)),
+        Column::new("level".into(), cis.map(|c| c.level)),
+    ])?)
 }
 
 /// Everything the study produces for one pair of groups.
@@ -410,12 +446,17 @@ pub struct ShiftResult {
     pub projections: DataFrame,
     /// The linear probe, when both groups have labels.
     pub probe: Option<ProbeResult>,
+    /// The LoRA-fine-tuned classifier, when [`ShiftConfig::fine_tune`] is set (filled by
+    /// [`run_distribution_shift`]; [`analyze_shift`] sees only embeddings and leaves it `None`).
+    pub fine_tune: Option<FineTuneResult>,
     /// The settings used.
     pub config: ShiftConfig,
 }
 
 /// Embed both groups with `model` (after drawing `cfg.n_per_group` texts from each) and
-/// analyse them with [`analyze_shift`].
+/// analyse them with [`analyze_shift`]; when [`ShiftConfig::fine_tune`] is set, also fine-tune
+/// a LoRA classifier on the same rows ([`fine_tune_lora`]; `model` must then be a BERT-family
+/// encoder, checked before anything is embedded).
 pub fn run_distribution_shift(
     model: &Model,
     train: &LabelledTexts,
@@ -429,13 +470,21 @@ pub fn run_distribution_shift(
         ),
         None => (train.clone(), shifted.clone()),
     };
+    if let Some(opts) = &cfg.fine_tune {
+        encoder_dir(model)?;
+        opts.check()?;
+    }
     let ea = embed_texts(model, &a.texts, cfg)?;
     let eb = embed_texts(model, &b.texts, cfg)?;
-    analyze_shift(
+    let mut result = analyze_shift(
         (&a.name, &ea, Some(&a.labels)),
         (&b.name, &eb, Some(&b.labels)),
         cfg,
-    )
+    )?;
+    if let Some(opts) = &cfg.fine_tune {
+        result.fine_tune = Some(fine_tune_lora(model, &a, &b, cfg, opts)?);
+    }
+    Ok(result)
 }
 
 /// A group for [`analyze_shift`]: name, `(n, d)` embeddings, optional labels.
@@ -490,6 +539,7 @@ pub fn analyze_shift(train: Group, shifted: Group, cfg: &ShiftConfig) -> Result<
         pca,
         projections,
         probe,
+        fine_tune: None,
         config: cfg.clone(),
     })
 }
@@ -540,6 +590,25 @@ fn stratified_split(labels: &[u32], test_fraction: f64, seed: u64) -> (Vec<usize
     (train, test)
 }
 
+/// The probe's (train, held-out test) row indices of the train group: stratified by label,
+/// seed `cfg.seed + 3`. The fine-tuned arm uses the same call, hence the same rows.
+fn probe_split(labels: &[u32], cfg: &ShiftConfig, what: &str) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(cfg.probe_test_fraction > 0.0 && cfg.probe_test_fraction < 1.0) {
+        bail!(
+            "{what}: probe_test_fraction must be in (0, 1), got {}",
+            cfg.probe_test_fraction
+        );
+    }
+    let (train, test) = stratified_split(labels, cfg.probe_test_fraction, cfg.seed.wrapping_add(3));
+    if test.is_empty() {
+        bail!(
+            "{what}: the train group ({} rows) is too small to hold out a test part",
+            labels.len()
+        );
+    }
+    Ok((train, test))
+}
+
 fn linear_probe(
     xa: &Matrix,
     la: &[u32],
@@ -547,19 +616,7 @@ fn linear_probe(
     lb: &[u32],
     cfg: &ShiftConfig,
 ) -> Result<ProbeResult> {
-    if !(cfg.probe_test_fraction > 0.0 && cfg.probe_test_fraction < 1.0) {
-        bail!(
-            "linear probe: probe_test_fraction must be in (0, 1), got {}",
-            cfg.probe_test_fraction
-        );
-    }
-    let (train, test) = stratified_split(la, cfg.probe_test_fraction, cfg.seed.wrapping_add(3));
-    if test.is_empty() {
-        bail!(
-            "linear probe: the train group ({} rows) is too small to hold out a test part",
-            la.len()
-        );
-    }
+    let (train, test) = probe_split(la, cfg, "linear probe")?;
     let pick = |idx: &[usize]| idx.iter().map(|&i| la[i]).collect::<Vec<u32>>();
     let model = LogisticRegression::new()
         .c(cfg.c)
@@ -577,6 +634,385 @@ fn linear_probe(
         n_shifted: lb.len(),
         converged: model.converged,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fine-tuned arm: a LoRA classifier beside the probe
+// ---------------------------------------------------------------------------------------------
+
+/// Settings of the LoRA-fine-tuned classifier of [`fine_tune_lora`].
+///
+/// The defaults are sized for a CPU: MiniLM (6 layers, d = 384) with LoRA r = 8, α = 16 on
+/// query/key/value, f32 arithmetic, texts cut to 48 tokens (movie snippets and tweets average
+/// 25–30 tokens), batches of 16, 3 epochs at a peak learning rate of 2e-3 (AdamW, linear decay,
+/// gradient norm clipped to 1). The head reads the mean-pooled last hidden state — the feature
+/// the probe reads, so both arms start from the same representation.
+///
+/// ```
+/// use replens::studies::distribution_shift::{FineTuneOptions, ShiftConfig};
+/// let cfg = ShiftConfig::default().fine_tune(FineTuneOptions::default().epochs(2).lr(1e-3));
+/// let ft = cfg.fine_tune.as_ref().unwrap();
+/// assert_eq!((ft.epochs, ft.lr, ft.max_len), (2, 1e-3, 48));
+/// assert_eq!(ft.lora.rank, 8);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneOptions {
+    /// Passes over the training rows (default 3).
+    pub epochs: usize,
+    /// Peak AdamW learning rate (default 2e-3), decayed linearly to 0.
+    pub lr: f64,
+    /// Texts per optimiser step (default 16).
+    pub batch_size: usize,
+    /// Tokens kept per text, special tokens included (default 48).
+    pub max_len: usize,
+    /// Fraction of the training rows held out (stratified) for the validation accuracy after
+    /// each epoch (default 0.1); the classifier does not train on them.
+    pub validation_fraction: f64,
+    /// What the head reads (default the token mean, as the probe).
+    pub pooling: HeadPooling,
+    /// Encoder arithmetic (default f32, ~1.6× faster to train than f64).
+    pub precision: Precision,
+    /// Rank, α, dropout and target layers (default r = 8, α = 16 on query/key/value). Its
+    /// `seed` is not used: the initialisation is seeded by [`ShiftConfig::seed`] + 6, so one
+    /// master seed fixes the whole study.
+    pub lora: LoraConfig,
+}
+
+impl Default for FineTuneOptions {
+    fn default() -> Self {
+        FineTuneOptions {
+            epochs: 3,
+            lr: 2e-3,
+            batch_size: 16,
+            max_len: 48,
+            validation_fraction: 0.1,
+            pooling: HeadPooling::Mean,
+            precision: Precision::F32,
+            lora: LoraConfig::default(),
+        }
+    }
+}
+
+impl FineTuneOptions {
+    /// Set [`FineTuneOptions::epochs`].
+    pub fn epochs(mut self, n: usize) -> Self {
+        self.epochs = n;
+        self
+    }
+    /// Set [`FineTuneOptions::lr`].
+    pub fn lr(mut self, lr: f64) -> Self {
+        self.lr = lr;
+        self
+    }
+    /// Set [`FineTuneOptions::batch_size`].
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+    /// Set [`FineTuneOptions::max_len`].
+    pub fn max_len(mut self, n: usize) -> Self {
+        self.max_len = n;
+        self
+    }
+    /// Set [`FineTuneOptions::validation_fraction`].
+    pub fn validation_fraction(mut self, f: f64) -> Self {
+        self.validation_fraction = f;
+        self
+    }
+    /// Set [`FineTuneOptions::pooling`].
+    pub fn pooling(mut self, p: HeadPooling) -> Self {
+        self.pooling = p;
+        self
+    }
+    /// Set [`FineTuneOptions::precision`].
+    pub fn precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+    /// Set [`FineTuneOptions::lora`].
+    pub fn lora(mut self, l: LoraConfig) -> Self {
+        self.lora = l;
+        self
+    }
+
+    /// Cheap checks, so that bad settings fail before a model is loaded or a text embedded.
+    fn check(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 {
+            bail!(
+                "fine-tuning: epochs and batch_size must be at least 1, got {} and {}",
+                self.epochs,
+                self.batch_size
+            );
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("fine-tuning: lr must be positive, got {}", self.lr);
+        }
+        if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
+            bail!(
+                "fine-tuning: validation_fraction must be in (0, 1), got {}",
+                self.validation_fraction
+            );
+        }
+        self.lora.resolve_targets()?;
+        Ok(())
+    }
+}
+
+/// Accuracy of the LoRA-fine-tuned classifier on the probe's held-out rows of the train
+/// distribution and on the shifted group, with bootstrap CIs computed exactly as the probe's
+/// ([`bootstrap_ci`] of the per-row 0/1 correctness, same resamples count, level and seed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneResult {
+    /// Accuracy on the held-out part of the train distribution (the probe's test rows).
+    pub in_distribution: Ci,
+    /// Accuracy on the shifted group (all its rows, as the probe).
+    pub shifted: Ci,
+    /// Rows trained on: the probe's training rows minus the validation slice.
+    pub n_train: usize,
+    /// Validation rows (taken from the probe's training rows).
+    pub n_validation: usize,
+    /// Held-out rows of the train distribution (= the probe's `n_test`).
+    pub n_test: usize,
+    /// Rows of the shifted group.
+    pub n_shifted: usize,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Validation accuracy after each epoch.
+    pub val_accuracies: Vec<f64>,
+    /// Mean training loss of each epoch.
+    pub train_losses: Vec<f64>,
+    /// Trainable scalars (LoRA `A`, `B` and the head).
+    pub n_trainable: usize,
+    /// Wall time: loading, training and evaluation.
+    pub seconds: f64,
+}
+
+impl FineTuneResult {
+    /// Accuracy drop in distribution → shifted (positive = worse on the shifted set).
+    pub fn drop(&self) -> f64 {
+        self.in_distribution.estimate - self.shifted.estimate
+    }
+
+    /// Two rows, as [`ProbeResult::to_frame`]: `evaluated_on`, `n`, `accuracy`, `lower`,
+    /// `upper`, `level`.
+    pub fn to_frame(&self, train_name: &str, shifted_name: &str) -> Result<DataFrame> {
+        accuracy_frame(
+            [&self.in_distribution, &self.shifted],
+            [self.n_test, self.n_shifted],
+            train_name,
+            shifted_name,
+        )
+    }
+}
+
+/// The model directory a [`SequenceClassifier`] can be built from, or a clear error: LoRA
+/// fine-tuning here needs a pretrained BERT-family encoder on disk.
+fn encoder_dir(model: &Model) -> Result<&Path> {
+    if !model.config().is_encoder() {
+        bail!(
+            "fine-tuning: LoRA fine-tuning needs a BERT-family encoder (e.g. \"minilm\"), but \
+             model '{}' is a {} decoder; use an encoder or turn fine-tuning off",
+            model.name(),
+            model.config().family()
+        );
+    }
+    if model.source().kind == SourceKind::Untrained {
+        bail!(
+            "fine-tuning: model '{}' is an untrained twin (its weights are not on disk); \
+             fine-tune a pretrained encoder",
+            model.name()
+        );
+    }
+    Ok(model.source().path.as_path())
+}
+
+/// 1.0 where the classifier's arg-max equals the label, else 0.0. Labels the classifier has no
+/// class for count as wrong, as in the probe.
+fn correct_rows(clf: &SequenceClassifier, texts: &[String], labels: &[u32]) -> Result<Vec<f64>> {
+    let pred: Vec<u32> = clf.logits(texts)?.argmax(D::Minus1)?.to_vec1()?;
+    Ok(pred
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| if p == y { 1.0 } else { 0.0 })
+        .collect())
+}
+
+/// The paper's other arm (Vargas et al., arXiv 2310.13836: fine-tuning on the training set
+/// does not carry over to the test set, while a linear probe holds up): fine-tune `model` with
+/// LoRA ([`SequenceClassifier`], Hu et al., arXiv 2106.09685) on the train group and evaluate it
+/// where the probe is evaluated.
+///
+/// Rows: the train group is split exactly as for the probe (stratified,
+/// [`ShiftConfig::probe_test_fraction`], seed `cfg.seed + 3`), so the fine-tuned classifier is
+/// tested on the probe's held-out rows and on every row of `shifted`. From the probe's training
+/// rows a stratified `opts.validation_fraction` is kept aside (seed `cfg.seed + 5`) for the
+/// validation accuracy after each epoch; the rest is trained on. Classes are `0..=max label` of
+/// the train group; a shifted row with a label beyond them counts as wrong. Accuracy CIs:
+/// [`bootstrap_ci`] with `cfg.n_resamples`, `cfg.level`, seed `cfg.seed + 4` (the probe's).
+///
+/// Errors: `model` is not a pretrained BERT-family encoder; the train group has one class only;
+/// too few rows for a test part or a validation slice; bad options.
+///
+/// ```no_run
+/// use replens::prelude::*;
+/// use replens::studies::distribution_shift::{fine_tune_lora, FineTuneOptions, LabelledTexts, ShiftConfig};
+/// let rt = LabelledTexts::from_jsonl("data/sentiment/rt_polarity_train.jsonl", "rt_polarity", "label")?;
+/// let tw = LabelledTexts::from_jsonl("data/sentiment/vader_tweets_test.jsonl", "vader_tweets", "label")?;
+/// let cfg = ShiftConfig::default().seed(0).progress(true);
+/// let model = Model::load("minilm")?;
+/// let ft = fine_tune_lora(&model, &rt.sample(400, 0)?, &tw.sample(100, 1)?, &cfg, &FineTuneOptions::default())?;
+/// println!("in distribution {}, shifted {}", ft.in_distribution, ft.shifted);
+/// # Ok::<(), replens::Error>(())
+/// ```
+pub fn fine_tune_lora(
+    model: &Model,
+    train: &LabelledTexts,
+    shifted: &LabelledTexts,
+    cfg: &ShiftConfig,
+    opts: &FineTuneOptions,
+) -> Result<FineTuneResult> {
+    let dir = encoder_dir(model)?;
+    opts.check()?;
+    let n_classes = train.labels.iter().copied().max().unwrap_or(0) as usize + 1;
+    if train.labels.iter().all(|&y| y == train.labels[0]) {
+        bail!(
+            "fine-tuning: the train group '{}' has one class only (every label is {}); a \
+             classifier needs at least two",
+            train.name,
+            train.labels[0]
+        );
+    }
+    let (rows, test) = probe_split(&train.labels, cfg, "fine-tuning")?;
+    let row_labels: Vec<u32> = rows.iter().map(|&i| train.labels[i]).collect();
+    let (fit, val) = stratified_split(
+        &row_labels,
+        opts.validation_fraction,
+        cfg.seed.wrapping_add(5),
+    );
+    if val.is_empty() {
+        bail!(
+            "fine-tuning: the {} training rows of '{}' are too few to keep a validation slice \
+             of {}",
+            rows.len(),
+            train.name,
+            opts.validation_fraction
+        );
+    }
+    let examples = |idx: &[usize]| -> Vec<(String, usize)> {
+        idx.iter()
+            .map(|&i| (train.texts[i].clone(), train.labels[i] as usize))
+            .collect()
+    };
+    let of_rows = |idx: &[usize]| -> Vec<usize> { idx.iter().map(|&j| rows[j]).collect() };
+    let splits = Splits::new(
+        examples(&of_rows(&fit)),
+        examples(&of_rows(&val)),
+        examples(&test),
+    );
+
+    let started = Instant::now();
+    let seed = cfg.seed.wrapping_add(6);
+    let ccfg = ClassifierConfig::new(n_classes)
+        .max_len(opts.max_len)
+        .pooling(opts.pooling)
+        .precision(opts.precision)
+        .lora(LoraConfig {
+            seed,
+            ..opts.lora.clone()
+        });
+    let mut clf = SequenceClassifier::from_dir(dir, ccfg)?;
+    let log = clf.train(
+        &splits,
+        &TrainOptions {
+            epochs: opts.epochs,
+            batch_size: opts.batch_size,
+            lr: opts.lr,
+            seed,
+            progress: cfg.progress,
+            ..TrainOptions::default()
+        },
+    )?;
+    let test_texts: Vec<String> = splits.test.iter().map(|(t, _)| t.clone()).collect();
+    let test_labels: Vec<u32> = test.iter().map(|&i| train.labels[i]).collect();
+    let correct_in = correct_rows(&clf, &test_texts, &test_labels)?;
+    let correct_shift = correct_rows(&clf, &shifted.texts, &shifted.labels)?;
+    let boot = cfg.seed.wrapping_add(4);
+    let result = FineTuneResult {
+        in_distribution: bootstrap_ci(&correct_in, mean, cfg.n_resamples, cfg.level, boot)?,
+        shifted: bootstrap_ci(&correct_shift, mean, cfg.n_resamples, cfg.level, boot)?,
+        n_train: splits.train.len(),
+        n_validation: splits.validation.len(),
+        n_test: test.len(),
+        n_shifted: shifted.len(),
+        epochs: opts.epochs,
+        val_accuracies: log.val_accuracies(),
+        train_losses: log.train_losses(),
+        n_trainable: clf.n_trainable(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if cfg.progress {
+        eprintln!(
+            "lora: {} training rows, {:.1} s; accuracy {} (held out), {} ({})",
+            result.n_train, result.seconds, result.in_distribution, result.shifted, shifted.name
+        );
+    }
+    Ok(result)
+}
+
+/// Probe and fine-tuned classifier side by side, one row per method present (`probe`, `lora`):
+/// `method`, `n_train`, `n_test`, `n_shifted`, `in_distribution`, `in_lower`, `in_upper`,
+/// `shifted`, `shifted_lower`, `shifted_upper`, `drop` (= in_distribution − shifted), `level`.
+/// Both are evaluated on the same rows (see [`fine_tune_lora`]); errors when both are `None`.
+pub fn comparison_frame(
+    probe: Option<&ProbeResult>,
+    lora: Option<&FineTuneResult>,
+) -> Result<DataFrame> {
+    // (method, n_train, n_test, n_shifted, in-distribution CI, shifted CI)
+    let mut rows = Vec::new();
+    if let Some(p) = probe {
+        rows.push((
+            "probe",
+            p.n_train,
+            p.n_test,
+            p.n_shifted,
+            p.in_distribution,
+            p.shifted,
+        ));
+    }
+    if let Some(f) = lora {
+        rows.push((
+            "lora",
+            f.n_train,
+            f.n_test,
+            f.n_shifted,
+            f.in_distribution,
+            f.shifted,
+        ));
+    }
+    if rows.is_empty() {
+        bail!("comparison_frame: neither a probe nor a fine-tuned result to compare");
+    }
+    let counts =
+        |k: usize| -> Vec<u32> { rows.iter().map(|r| [r.1, r.2, r.3][k] as u32).collect() };
+    let values =
+        |f: fn(&Ci, &Ci) -> f64| -> Vec<f64> { rows.iter().map(|r| f(&r.4, &r.5)).collect() };
+    Ok(DataFrame::new_infer_height(vec![
+        Column::new(
+            "method".into(),
+            rows.iter().map(|r| r.0).collect::<Vec<&str>>(),
+        ),
+        Column::new("n_train".into(), counts(0)),
+        Column::new("n_test".into(), counts(1)),
+        Column::new("n_shifted".into(), counts(2)),
+        Column::new("in_distribution".into(), values(|a, _| a.estimate)),
+        Column::new("in_lower".into(), values(|a, _| a.lower)),
+        Column::new("in_upper".into(), values(|a, _| a.upper)),
+        Column::new("shifted".into(), values(|_, b| b.estimate)),
+        Column::new("shifted_lower".into(), values(|_, b| b.lower)),
+        Column::new("shifted_upper".into(), values(|_, b| b.upper)),
+        Column::new("drop".into(), values(|a, b| a.estimate - b.estimate)),
+        Column::new("level".into(), values(|a, _| a.level)),
+    ])?)
 }
 
 /// How often the MMD permutation test and the C2ST reject over repeated random draws: the
@@ -743,6 +1179,12 @@ pub fn power(
 }
 
 impl ShiftResult {
+    /// Probe vs fine-tuned classifier, one row each ([`comparison_frame`]); errors when the
+    /// result has neither (no labels and no fine-tuning).
+    pub fn comparison_frame(&self) -> Result<DataFrame> {
+        comparison_frame(self.probe.as_ref(), self.fine_tune.as_ref())
+    }
+
     /// Scores of principal component `pc` (1-based) for the rows of `group`.
     pub fn scores(&self, group: &str, pc: usize) -> Result<Vec<f64>> {
         if pc == 0 || pc > self.pca.n_components() {
@@ -819,6 +1261,16 @@ impl ShiftResult {
             rows.push((
                 format!("probe accuracy: {}", self.shifted_name),
                 p.shifted.to_string(),
+            ));
+        }
+        if let Some(f) = &self.fine_tune {
+            rows.push((
+                format!("LoRA accuracy: {} (held out)", self.train_name),
+                f.in_distribution.to_string(),
+            ));
+            rows.push((
+                format!("LoRA accuracy: {}", self.shifted_name),
+                f.shifted.to_string(),
             ));
         }
         rows
