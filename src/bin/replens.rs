@@ -190,7 +190,17 @@ enum Command {
         permutations: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Output directory: report.csv, projections.parquet, pca.svg/.png.
+        /// Also fine-tune a LoRA classifier (BERT-family encoder only) on the probe's training
+        /// rows and compare it with the probe on the same test rows (comparison.csv).
+        #[arg(long)]
+        fine_tune: bool,
+        /// Epochs of the LoRA fine-tuning.
+        #[arg(long, default_value_t = 3)]
+        ft_epochs: usize,
+        /// Peak learning rate of the LoRA fine-tuning.
+        #[arg(long, default_value_t = 2e-3)]
+        ft_lr: f64,
+        /// Output directory: report.csv, projections.parquet, pca.svg/.png (+ comparison.csv).
         #[arg(long, default_value = "out/shift")]
         out: PathBuf,
     },
@@ -205,6 +215,12 @@ enum Command {
         max_per_split: usize,
         #[arg(long, default_value_t = 3)]
         epochs: usize,
+        /// Peak learning rate of the LoRA adapters and the classification head.
+        #[arg(long, default_value_t = 5e-4)]
+        lr: f64,
+        /// Tokens per example (longer texts are truncated).
+        #[arg(long, default_value_t = 64)]
+        max_len: usize,
         /// Comma-separated seeds (one fine-tuning + AdUE run each).
         #[arg(long, default_value = "0,1,2")]
         seeds: String,
@@ -543,10 +559,13 @@ fn run(cli: Cli) -> replens::Result<()> {
             pooling,
             permutations,
             seed,
+            fine_tune,
+            ft_epochs,
+            ft_lr,
             out,
         } => {
             use replens::studies::distribution_shift::{
-                run_distribution_shift, LabelledTexts, ShiftConfig,
+                run_distribution_shift, FineTuneOptions, LabelledTexts, ShiftConfig,
             };
             let name_of = |p: &std::path::Path| {
                 p.file_stem()
@@ -559,13 +578,16 @@ fn run(cli: Cli) -> replens::Result<()> {
             }
             let a = LabelledTexts::from_jsonl(&train, train_name, &label)?;
             let b = LabelledTexts::from_jsonl(&test, test_name, &label)?;
-            let cfg = ShiftConfig::default()
+            let mut cfg = ShiftConfig::default()
                 .model(model.clone())
                 .pooling(pooling.parse::<Pooling>()?)
                 .n_per_group(n)
                 .n_permutations(permutations)
                 .seed(seed)
                 .progress(true);
+            if fine_tune {
+                cfg = cfg.fine_tune(FineTuneOptions::default().epochs(ft_epochs).lr(ft_lr));
+            }
             let model = load(&model)?;
             let started = Instant::now();
             let res = run_distribution_shift(&model, &a, &b, &cfg)?;
@@ -580,6 +602,11 @@ fn run(cli: Cli) -> replens::Result<()> {
             if let Some(probe) = &res.probe {
                 println!("{}", probe.to_frame(&res.train_name, &res.shifted_name)?);
             }
+            if res.fine_tune.is_some() {
+                let mut cmp = res.comparison_frame()?;
+                write_csv(&mut cmp, &out.join("comparison.csv"))?;
+                println!("probe vs LoRA fine-tuning (same test rows):\n{cmp}");
+            }
             eprintln!("wrote {}", out.display());
             Ok(())
         }
@@ -587,6 +614,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             dataset,
             max_per_split,
             epochs,
+            lr,
+            max_len,
             seeds,
             out,
         } => {
@@ -602,6 +631,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             let cfg = AdueStudyConfig::new(dataset)
                 .max_per_split(max_per_split)
                 .epochs(epochs)
+                .lr(lr)
+                .max_len(max_len)
                 .seeds(seeds)
                 .progress(true);
             let res = run_adue_study(&cfg)?;
