@@ -64,3 +64,86 @@ fn across_models_needs_matching_rows() -> replens::Result<()> {
     assert!(layer_representations(&gpt2, &[] as &[&str], Rows::Tokens, &opts).is_err());
     Ok(())
 }
+
+#[test]
+fn select_and_every_thin_the_layers() -> replens::Result<()> {
+    let model = Model::from_dir(fixture("tiny-gpt2/model"))?;
+    let opts = RunOptions::default().progress(false);
+    let reps = layer_representations(&model, &TEXTS, Rows::Tokens, &opts)?;
+    let n = reps.matrices.len();
+    let last = n - 1;
+    let picked = reps.select(&[last, 0])?;
+    assert_eq!(picked.hooks, vec![reps.hooks[last], reps.hooks[0]]);
+    assert_eq!(picked.labels()[1], "emb");
+    assert_eq!(picked.n_rows(), reps.n_rows());
+    // a thinned matrix holds the same entries as the full one
+    let full = layer_similarity(&reps, &reps, Similarity::LinearCka)?;
+    let thin = layer_similarity(&picked, &picked, Similarity::LinearCka)?;
+    assert!((thin.values[0][1] - full.values[last][0]).abs() < 1e-12);
+    // every(step) keeps the embeddings and always the last layer
+    let every = reps.every(n + 5)?;
+    assert_eq!(every.hooks, vec![reps.hooks[0], reps.hooks[last]]);
+    assert_eq!(reps.every(1)?.hooks, reps.hooks);
+    assert!(reps.every(0).is_err());
+    assert!(reps.select(&[]).is_err());
+    let err = reps.select(&[n]).unwrap_err().to_string();
+    assert!(err.contains("out of range"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn penalty_chart_draws_both_directions() -> replens::Result<()> {
+    use replens::studies::similarity::stitch_penalty_chart;
+    use replens::train::stitch::{stitch_matrix, StitchConfig, StitchMatrix};
+    use replens::train::toy::{train_toy, ToyActivation, ToyConfig};
+    let texts: Vec<String> = (0..40)
+        .map(|i| format!("a ship sails the sea on day {i} and comes home. "))
+        .collect();
+    let small = |act| {
+        ToyConfig::new(2, act)
+            .d_model(16)
+            .d_mlp(32)
+            .n_ctx(16)
+            .progress(false)
+    };
+    let gelu = train_toy(&small(ToyActivation::Gelu), &texts, 3, 4, 1e-2)?.to_model()?;
+    let solu = train_toy(&small(ToyActivation::Solu), &texts, 3, 4, 1e-2)?.to_model()?;
+    let cfg = StitchConfig::default().steps(1).seq_len(16).progress(false);
+    let m = stitch_matrix(&gelu, &solu, &[0, 1], &texts, &cfg)?;
+    let svg = stitch_penalty_chart(&m)?.svg().to_string();
+    assert!(svg.contains("stitching penalty"), "title");
+    assert!(svg.contains("gelu-2l-d16 → solu-2l-d16"), "A → B line");
+    assert!(svg.contains("solu-2l-d16 → gelu-2l-d16"), "B → A line");
+    let empty = StitchMatrix {
+        a: m.a.clone(),
+        b: m.b.clone(),
+        a_to_b: vec![],
+        b_to_a: vec![],
+    };
+    assert!(stitch_penalty_chart(&empty).is_err());
+    Ok(())
+}
+
+#[test]
+fn pooling_token_reps_matches_a_pooled_pass() -> replens::Result<()> {
+    let model = Model::from_dir(fixture("tiny-gpt2/model"))?;
+    let opts = RunOptions::default().progress(false);
+    let tokens = layer_representations(&model, &TEXTS, Rows::Tokens, &opts)?;
+    for pooling in [Pooling::Mean, Pooling::LastToken, Pooling::Cls] {
+        let direct = layer_representations(&model, &TEXTS, Rows::Pooled(pooling), &opts)?;
+        let pooled = tokens.pooled(pooling)?;
+        assert_eq!(pooled.n_rows(), TEXTS.len());
+        assert_eq!(pooled.hooks, direct.hooks);
+        for (a, b) in pooled.matrices.iter().zip(&direct.matrices) {
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-5, "{pooling:?}: {diff}");
+        }
+    }
+    // already pooled rows cannot be pooled again
+    let err = tokens
+        .pooled(Pooling::Mean)?
+        .pooled(Pooling::Mean)
+        .unwrap_err();
+    assert!(err.to_string().contains("only token"), "{err}");
+    Ok(())
+}

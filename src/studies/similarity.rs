@@ -1,7 +1,7 @@
 //! Study 2 (Brown et al., EMNLP 2023, arXiv 2310.14993), the similarity half: every layer's
 //! representation of a corpus, and layer × layer similarity matrices within one model or across
 //! two. The indices themselves are in [`crate::metrics::similarity`]; stitching is in
-//! [`crate::train::stitch`].
+//! [`crate::train::stitch`] ([`stitch_penalty_chart`] draws its per-layer penalties).
 
 use candle_core::{Device, Tensor};
 use polars::prelude::{Column, DataFrame};
@@ -11,7 +11,8 @@ use crate::frame::{pool, Pooling};
 use crate::hooks::{HookPoint, HookSpec};
 use crate::metrics::similarity::{similarity_matrix, Similarity};
 use crate::model::{Model, RunOptions};
-use crate::plot::{Chart, HeatmapChart};
+use crate::plot::{Chart, HeatmapChart, LineChart};
+use crate::train::stitch::StitchMatrix;
 
 /// Which rows a layer's matrix has.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,6 +53,90 @@ impl LayerReps {
                 None => "emb".into(),
             })
             .collect()
+    }
+
+    /// Token rows pooled into one row per text, without another forward pass: the same
+    /// matrices as `layer_representations(.., Rows::Pooled(pooling), ..)` on the same texts,
+    /// e.g. to compare a model with one of another tokenizer after a within-model token CKA.
+    ///
+    /// Errors: reps whose rows are not one per token (already pooled ones, when some text has
+    /// more than one token).
+    pub fn pooled(&self, pooling: Pooling) -> Result<LayerReps> {
+        let lens: Vec<usize> = self.token_ids.iter().map(Vec::len).collect();
+        let total: usize = lens.iter().sum();
+        if self.n_rows() != total {
+            return Err(Error::InvalidInput(format!(
+                "LayerReps::pooled ({}): {} rows but the texts have {total} tokens; only token \
+                 rows (Rows::Tokens) can be pooled",
+                self.model,
+                self.n_rows()
+            )));
+        }
+        let matrices = self
+            .matrices
+            .iter()
+            .map(|m| {
+                let mut rows = Vec::with_capacity(lens.len());
+                let mut start = 0;
+                for &len in &lens {
+                    rows.push(pool(&m.narrow(0, start, len)?, pooling)?.unsqueeze(0)?);
+                    start += len;
+                }
+                Ok(Tensor::cat(&rows, 0)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LayerReps {
+            model: self.model.clone(),
+            hooks: self.hooks.clone(),
+            matrices,
+            token_ids: self.token_ids.clone(),
+        })
+    }
+
+    /// Only the layers at positions `which` of [`LayerReps::hooks`] (0 = `hook_embed`), in
+    /// that order: a readable heatmap of a deep model, or a cheaper one. The matrices are
+    /// shared, not copied (candle tensors are reference-counted).
+    ///
+    /// Errors: an empty `which`, or a position past the last layer.
+    pub fn select(&self, which: &[usize]) -> Result<LayerReps> {
+        if which.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "LayerReps::select ({}): no layers given",
+                self.model
+            )));
+        }
+        if let Some(&bad) = which.iter().find(|&&i| i >= self.hooks.len()) {
+            return Err(Error::InvalidInput(format!(
+                "LayerReps::select ({}): position {bad} is out of range; there are {} layers \
+                 (0 = hook_embed, i = block i - 1)",
+                self.model,
+                self.hooks.len()
+            )));
+        }
+        Ok(LayerReps {
+            model: self.model.clone(),
+            hooks: which.iter().map(|&i| self.hooks[i]).collect(),
+            matrices: which.iter().map(|&i| self.matrices[i].clone()).collect(),
+            token_ids: self.token_ids.clone(),
+        })
+    }
+
+    /// Every `step`-th layer from the embeddings on, and always the last one (so the first
+    /// vs last comparison survives the thinning): positions 0, step, 2·step, …, last.
+    ///
+    /// Errors: `step` = 0.
+    pub fn every(&self, step: usize) -> Result<LayerReps> {
+        if step == 0 {
+            return Err(Error::InvalidInput(
+                "LayerReps::every: step must be at least 1".into(),
+            ));
+        }
+        let last = self.hooks.len().saturating_sub(1);
+        let mut which: Vec<usize> = (0..=last).step_by(step).collect();
+        if which.last() != Some(&last) {
+            which.push(last);
+        }
+        self.select(&which)
     }
 }
 
@@ -200,4 +285,54 @@ pub fn layer_similarity(
         values,
         frame,
     })
+}
+
+/// The stitching penalty `L(B ∘ s ∘ A≤l) − L(B)` at each stitched layer, one line per
+/// direction of a [`StitchMatrix`] (A → B and B → A), so the asymmetry of Brown et al. (2023)
+/// reads off as the gap between the lines. A negative penalty (the stitched model beats the
+/// receiver's own loss, as when a stronger model's early blocks feed a weaker one) is drawn
+/// below 0 like any other value.
+///
+/// Errors: a matrix with no layers, or a non-finite penalty.
+///
+/// ```rust
+/// use replens::studies::similarity::stitch_penalty_chart;
+/// use replens::train::stitch::{stitch_matrix, StitchConfig};
+/// use replens::train::toy::{train_toy, ToyActivation, ToyConfig};
+/// let texts: Vec<String> = (0..40).map(|i| format!("ships sail the sea on day {i}. ")).collect();
+/// let small = |act| ToyConfig::new(1, act).d_model(16).d_mlp(32).n_ctx(16).progress(false);
+/// let gelu = train_toy(&small(ToyActivation::Gelu), &texts, 5, 4, 1e-2)?.to_model()?;
+/// let solu = train_toy(&small(ToyActivation::Solu), &texts, 5, 4, 1e-2)?.to_model()?;
+/// let cfg = StitchConfig::default().steps(2).seq_len(16).progress(false);
+/// let m = stitch_matrix(&gelu, &solu, &[0], &texts, &cfg)?;
+/// assert!(stitch_penalty_chart(&m)?.svg().contains("stitching penalty"));
+/// # Ok::<(), replens::Error>(())
+/// ```
+pub fn stitch_penalty_chart(m: &StitchMatrix) -> Result<Chart> {
+    if m.a_to_b.is_empty() || m.b_to_a.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "stitch_penalty_chart: {} ↔ {} has no stitched layers",
+            m.a, m.b
+        )));
+    }
+    let line = |results: &[crate::train::stitch::StitchResult]| -> (Vec<f64>, Vec<f64>) {
+        results.iter().map(|r| (r.layer as f64, r.penalty)).unzip()
+    };
+    let (xa, ya) = line(&m.a_to_b);
+    let (xb, yb) = line(&m.b_to_a);
+    // Zero is always in view (the sign is the finding), and headroom above the data keeps the
+    // legend box off the lines.
+    let (lo, hi) = ya
+        .iter()
+        .chain(&yb)
+        .fold((0.0f64, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let span = (hi - lo).max(1e-3);
+    LineChart::new(format!("stitching penalty per layer: {} ↔ {}", m.a, m.b))
+        .y_range(lo - 0.1 * span, hi + 0.5 * span)
+        .x_label("stitched after block l (A's hook_resid_post → B's block l + 1)")
+        .y_label("penalty L(B∘s∘A≤l) − L(B), nats/token")
+        .series(format!("{} → {}", m.a, m.b), &xa, &ya)
+        .series(format!("{} → {}", m.b, m.a), &xb, &yb)
+        .markers(true)
+        .build()
 }

@@ -463,10 +463,17 @@ impl ToyModel {
     }
 
     /// The trained network as a [`Model`] (hooks, runs, losses), without going through disk.
+    /// Its name is the config's label, e.g. `gelu-2l-d64`.
     pub fn to_model(&self) -> Result<Model> {
+        self.to_model_named(self.config.label())
+    }
+
+    /// [`ToyModel::to_model`] under another name, to tell apart toys that share a config
+    /// (e.g. the same shape trained for fewer steps) in stitching results and charts.
+    pub fn to_model_named(&self, name: impl Into<String>) -> Result<Model> {
         let label = self.config.label();
         Model::assemble(
-            label.clone(),
+            name.into(),
             ArchConfig::Gpt2(self.config.gpt2_config()),
             self.weights(),
             self.tokenizer.clone(),
