@@ -9,7 +9,7 @@ use super::{
     cartesian, check_finite, collect, draw_legend, fmt_tick, frame_methods, palette, Chart,
     DrawResult, Frame, Kind, Legend, Occupancy, PlotValue, Spec,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Debug, Clone)]
 struct Curve {
@@ -36,44 +36,8 @@ pub(crate) struct RocSpec {
 /// # Ok::<(), replens::Error>(())
 /// ```
 pub fn roc_curve(scores: &[f64], labels: &[bool]) -> Result<(Vec<f64>, Vec<f64>)> {
-    if scores.len() != labels.len() {
-        return Err(Error::InvalidInput(format!(
-            "roc_curve: {} scores but {} labels",
-            scores.len(),
-            labels.len()
-        )));
-    }
-    if let Some((i, s)) = scores.iter().enumerate().find(|(_, s)| !s.is_finite()) {
-        return Err(Error::InvalidInput(format!(
-            "roc_curve: score {i} is {s} (scores must be finite)"
-        )));
-    }
-    let positives = labels.iter().filter(|&&l| l).count();
-    let negatives = labels.len() - positives;
-    if positives == 0 || negatives == 0 {
-        return Err(Error::InvalidInput(format!(
-            "roc_curve needs both classes; got {positives} positive and {negatives} negative labels"
-        )));
-    }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut fpr, mut tpr) = (vec![0.0], vec![0.0]);
-    let (mut tp, mut fp) = (0usize, 0usize);
-    for (k, &i) in order.iter().enumerate() {
-        if labels[i] {
-            tp += 1;
-        } else {
-            fp += 1;
-        }
-        let last_of_tie = order
-            .get(k + 1)
-            .is_none_or(|&next| scores[next] != scores[i]);
-        if last_of_tie {
-            fpr.push(fp as f64 / negatives as f64);
-            tpr.push(tp as f64 / positives as f64);
-        }
-    }
-    Ok((fpr, tpr))
+    let curve = crate::metrics::uncertainty::roc_curve(scores, labels)?;
+    Ok((curve.fpr, curve.tpr))
 }
 
 /// Area under a curve given by points sorted by `fpr` (trapezoidal rule).
