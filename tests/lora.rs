@@ -414,6 +414,84 @@ fn short_training_run_learns_and_moves_only_adapter_and_head() {
     assert_eq!(eval.logits.argmax(D::Minus1).unwrap().dims(), [24]);
 }
 
+/// LP-FT warm start: the head becomes the logistic-regression probe, so the classifier's
+/// softmax on the frozen features equals the probe's predicted probabilities (binary: the
+/// symmetric two-row head; three classes: the multinomial coefficients).
+#[test]
+fn warm_started_head_reproduces_the_probe() {
+    use replens::train::probe::LogisticRegression;
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/classification/bbc_news_train.jsonl");
+    let all = read_labelled_jsonl(path, "text", "label").unwrap();
+    for k in [2usize, 3] {
+        let train: Vec<(String, usize)> = (0..k)
+            .flat_map(|c| all.iter().filter(move |(_, y)| *y == c).take(10))
+            .cloned()
+            .collect();
+        let cfg = ClassifierConfig::new(k)
+            .max_len(24)
+            .pooling(Pooling::Mean)
+            .precision(Precision::F32);
+        let mut clf = SequenceClassifier::from_dir(minilm_dir(), cfg).unwrap();
+        let acc = clf.warm_start_head(&train, 0.5).unwrap();
+        let texts: Vec<&str> = train.iter().map(|(t, _)| t.as_str()).collect();
+        let y: Vec<u32> = train.iter().map(|(_, y)| *y as u32).collect();
+        let out = clf.base_outputs(&texts).unwrap();
+        let probe = LogisticRegression::new()
+            .c(0.5)
+            .fit(&out.features, &y)
+            .unwrap();
+        assert_eq!(acc, probe.accuracy(&out.features, &y).unwrap());
+        let e = out.logits.exp().unwrap();
+        let p_head = e.broadcast_div(&e.sum_keepdim(1).unwrap()).unwrap();
+        let p_probe = probe
+            .predict_proba(&out.features)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let diff = max_abs_diff(&p_head, &p_probe);
+        eprintln!(
+            "{k} classes: probe train accuracy {acc:.3}, head vs probe probabilities {diff:.2e}"
+        );
+        assert!(diff < 1e-5, "{k} classes: {diff}");
+        // and the adapted model (B = 0) starts exactly there
+        assert_eq!(
+            bits(&clf.outputs(&texts).unwrap().logits),
+            bits(&out.logits)
+        );
+    }
+}
+
+#[test]
+fn warm_start_needs_every_class() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-roberta");
+    let mut clf = SequenceClassifier::from_dir(&dir, ClassifierConfig::new(3).max_len(16)).unwrap();
+    let ex = |t: &str, y: usize| (t.to_string(), y);
+    let e = clf
+        .warm_start_head(&[ex("the cat sat", 0), ex("a dog ran", 2)], 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("class 1 has no example in the training split"),
+        "{e}"
+    );
+    let e = clf
+        .warm_start_head(&[ex("the cat sat", 0), ex("a dog ran", 3)], 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 3"), "{e}");
+    let e = clf.warm_start_head(&[], 1.0).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let e = clf
+        .warm_start_head(
+            &[ex("the cat sat", 0), ex("a dog ran", 1), ex("a bird", 2)],
+            0.0,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("C must be a positive number"), "{e}");
+}
+
 #[test]
 fn bad_input_gives_clear_errors() {
     // The tiny RoBERTa fixture (weights under `roberta.`) is enough for input checks.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use replens::frame::{self, Pooling};
 use replens::hooks::HookSpec;
 use replens::model::{source, Model, RunOptions};
@@ -221,6 +221,23 @@ enum Command {
         /// Tokens per example (longer texts are truncated).
         #[arg(long, default_value_t = 64)]
         max_len: usize,
+        /// The classifier's feature: `cls` (first token, the paper's) or `mean` (masked mean,
+        /// how MiniLM was trained).
+        #[arg(long, value_enum, default_value_t = PoolingArg::Cls)]
+        pooling: PoolingArg,
+        /// Before LoRA, fit the head as a logistic-regression probe with this inverse penalty C
+        /// on the frozen features (LP-FT); without it the head starts random.
+        #[arg(long)]
+        warm_start: Option<f64>,
+        /// AdUE hyper-parameter grid: `small` (lr {4e-4, 1e-4} × α 0.1 × β 0.1) or `paper` (27 points).
+        #[arg(long, value_enum, default_value_t = GridArg::Small)]
+        grid: GridArg,
+        /// What the AdUE head is fitted on: `auto`, `train` or `validation` (seeded halves).
+        #[arg(long, value_enum, default_value_t = HeadDataArg::Auto)]
+        head_data: HeadDataArg,
+        /// Mini-batch size of the AdUE head's training (the paper's 128 when not given).
+        #[arg(long)]
+        adue_batch_size: Option<usize>,
         /// Comma-separated seeds (one fine-tuning + AdUE run each).
         #[arg(long, default_value = "0,1,2")]
         seeds: String,
@@ -616,10 +633,17 @@ fn run(cli: Cli) -> replens::Result<()> {
             epochs,
             lr,
             max_len,
+            pooling,
+            warm_start,
+            grid,
+            head_data,
+            adue_batch_size,
             seeds,
             out,
         } => {
-            use replens::studies::adue::{run_adue_study, AdueStudyConfig};
+            use replens::studies::adue::{run_adue_study, AdueStudyConfig, HeadData};
+            use replens::train::adue::AdueGrid;
+            use replens::train::lora::Pooling;
             let seeds = seeds
                 .split(',')
                 .map(|s| {
@@ -633,8 +657,35 @@ fn run(cli: Cli) -> replens::Result<()> {
                 .epochs(epochs)
                 .lr(lr)
                 .max_len(max_len)
+                .pooling(match pooling {
+                    PoolingArg::Cls => Pooling::Cls,
+                    PoolingArg::Mean => Pooling::Mean,
+                })
+                .head_data(match head_data {
+                    HeadDataArg::Auto => HeadData::Auto,
+                    HeadDataArg::Train => HeadData::Train,
+                    HeadDataArg::Validation => HeadData::ValidationHalves,
+                })
                 .seeds(seeds)
                 .progress(true);
+            let cfg = match warm_start {
+                Some(c) => cfg.warm_start(c),
+                None => cfg,
+            };
+            let cfg = match grid {
+                GridArg::Small => cfg, // AdueStudyConfig's default grid
+                GridArg::Paper => cfg.grid(AdueGrid::paper()),
+            };
+            let cfg = match adue_batch_size {
+                Some(n) => {
+                    let adue = replens::train::adue::AdueConfig {
+                        batch_size: n,
+                        ..cfg.adue.clone()
+                    };
+                    cfg.adue(adue)
+                }
+                None => cfg,
+            };
             let res = run_adue_study(&cfg)?;
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
             write_csv(&mut res.to_frame()?, &out.join("results.csv"))?;
@@ -778,4 +829,26 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `replens adue --pooling`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PoolingArg {
+    Cls,
+    Mean,
+}
+
+/// `replens adue --grid`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum GridArg {
+    Small,
+    Paper,
+}
+
+/// `replens adue --head-data`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HeadDataArg {
+    Auto,
+    Train,
+    Validation,
 }

@@ -6,8 +6,11 @@
 //!
 //! 1. fine-tune a [`SequenceClassifier`] (the packaged all-MiniLM-L6-v2 by default) with LoRA
 //!    (r = 8, α = 16 on query/key/value) on the training split, monitoring the validation
-//!    split, then freeze it;
-//! 2. read the features z (last-layer `[CLS]` state) and logits on train / validation / test;
+//!    split, then freeze it. Optionally the head first becomes a logistic-regression probe on
+//!    the frozen features ([`AdueStudyConfig::warm_start`], LP-FT), which lets a short CPU run
+//!    end with a classifier that has learned;
+//! 2. read the features z (last-layer `[CLS]` state, or the masked mean with
+//!    [`AdueStudyConfig::pooling`]) and logits on train / validation / test;
 //! 3. score every test example with
 //!    * SR = 1 − max_c p_c (softmax response),
 //!    * predictive entropy −Σ_c p_c ln p_c,
@@ -38,10 +41,15 @@
 //!
 //! ```no_run
 //! use replens::studies::adue::{run_adue_study, AdueStudyConfig};
-//! let cfg = AdueStudyConfig::new("conll2010_uncertainty")
-//!     .max_examples(200, 100, 200)
-//!     .max_len(64)
-//!     .epochs(2)
+//! use replens::train::lora::Pooling;
+//! // the settings of notebooks/05-adue.ipynb: about 45 s per seed on a 2-core CPU
+//! let cfg = AdueStudyConfig::new("rt_polarity")
+//!     .max_per_split(300)
+//!     .max_len(32)
+//!     .pooling(Pooling::Mean)
+//!     .warm_start(1.0)
+//!     .epochs(1)
+//!     .lr(2e-3)
 //!     .seeds(vec![0, 1]);
 //! let result = run_adue_study(&cfg)?;
 //! println!("{result}");
@@ -66,8 +74,8 @@ use crate::metrics::uncertainty::{
 use crate::plot::{Chart, LineChart, RocChart};
 use crate::train::adue::{grid_search, AdueConfig, AdueGrid, GridPoint, LinearHead, Split};
 use crate::train::lora::{
-    accuracy, read_labelled_jsonl, ClassifierConfig, LoraConfig, Precision, SequenceClassifier,
-    Splits, TrainOptions,
+    accuracy, read_labelled_jsonl, ClassifierConfig, LoraConfig, Pooling, Precision,
+    SequenceClassifier, Splits, TrainOptions,
 };
 
 /// The methods of the results table, in the paper's row order.
@@ -310,6 +318,12 @@ pub struct AdueStudyConfig {
     pub model: String,
     /// Tokens per text, special tokens included.
     pub max_len: usize,
+    /// The classifier's feature `z` (the paper: the first token; MiniLM was trained with the mean).
+    pub pooling: Pooling,
+    /// `Some(c)`: before LoRA, fit the head as a logistic-regression probe with inverse penalty
+    /// `c` on the frozen base features (LP-FT, [`SequenceClassifier::warm_start_head`]);
+    /// `None`: the head starts at HF's random init, as in the paper.
+    pub warm_start: Option<f64>,
     /// LoRA settings; its `seed` is replaced by each run's seed.
     pub lora: LoraConfig,
     /// Encoder precision while training and scoring.
@@ -344,6 +358,8 @@ impl AdueStudyConfig {
             data_seed: 0,
             model: "minilm".into(),
             max_len: 64,
+            pooling: Pooling::Cls,
+            warm_start: None,
             lora: LoraConfig::default(),
             precision: Precision::F32,
             epochs: 2,
@@ -392,6 +408,19 @@ impl AdueStudyConfig {
     /// Tokens per text.
     pub fn max_len(mut self, n: usize) -> Self {
         self.max_len = n;
+        self
+    }
+
+    /// The classifier's feature: first token ([`Pooling::Cls`], default) or masked mean.
+    pub fn pooling(mut self, p: Pooling) -> Self {
+        self.pooling = p;
+        self
+    }
+
+    /// Warm-start the head as a logistic-regression probe with inverse penalty `c` before
+    /// LoRA (LP-FT); see [`SequenceClassifier::warm_start_head`].
+    pub fn warm_start(mut self, c: f64) -> Self {
+        self.warm_start = Some(c);
         self
     }
 
@@ -486,6 +515,11 @@ impl AdueStudyConfig {
         if self.epochs == 0 || self.batch_size == 0 {
             bail!("AdueStudyConfig: epochs and batch_size must be at least 1");
         }
+        if let Some(c) = self.warm_start {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("AdueStudyConfig: the warm-start probe's C must be positive, got {c}");
+            }
+        }
         Ok(())
     }
 
@@ -526,6 +560,8 @@ pub struct SeedRun {
     pub accuracy_after_adue: f64,
     /// Validation accuracy after each LoRA epoch.
     pub val_accuracies: Vec<f64>,
+    /// Training accuracy of the warm-start probe (`None` without warm start).
+    pub probe_train_accuracy: Option<f64>,
     /// Test ECE of the classifier's softmax.
     pub ece: f64,
     /// ROC-AUC × 100 of each method's score against the test error indicator.
@@ -847,9 +883,14 @@ fn run_seed(
     lora.seed = seed;
     let ccfg = ClassifierConfig::new(n_classes)
         .max_len(cfg.max_len)
+        .pooling(cfg.pooling)
         .precision(cfg.precision)
         .lora(lora);
     let mut clf = SequenceClassifier::load(&cfg.model, ccfg)?;
+    let probe_train_accuracy = match cfg.warm_start {
+        Some(c) => Some(clf.warm_start_head(&splits.train, c)?),
+        None => None,
+    };
     let opts = TrainOptions {
         epochs: cfg.epochs,
         batch_size: cfg.batch_size,
@@ -975,6 +1016,7 @@ fn run_seed(
         accuracy: accuracy_test,
         accuracy_after_adue,
         val_accuracies: log.val_accuracies(),
+        probe_train_accuracy,
         ece: ece_test,
         roc_auc: roc,
         auarc: arc,

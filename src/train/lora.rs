@@ -72,6 +72,7 @@ use crate::hooks::HookSpec;
 use crate::model::bert::{Bert, BertLinear, LinearAdapter};
 use crate::model::{pad_batch, source, ArchConfig, SourceKind};
 use crate::progress::Progress;
+use crate::train::probe::LogisticRegression;
 
 /// Prefix PEFT gives every tensor of a wrapped model.
 const PEFT_PREFIX: &str = "base_model.model";
@@ -915,6 +916,67 @@ impl SequenceClassifier {
             }
         }
         Ok(clf)
+    }
+
+    /// Linear probing before fine-tuning (LP-FT; Kumar, Raghunathan, Jones, Ma & Liang, "Fine-Tuning
+    /// can Distort Pretrained Features and Underperform Out-of-Distribution", ICLR 2022,
+    /// arXiv 2202.10054): set the head to an L2-regularised logistic regression (scikit-learn's
+    /// objective with inverse penalty `c`, [`LogisticRegression`]) fitted on the frozen base
+    /// model's features `z` of `train`. With `B = 0` the adapted model starts exactly at that
+    /// probe, so a short LoRA run refines a classifier that already works instead of first
+    /// having to train a random head. Returns the probe's training accuracy.
+    ///
+    /// Two classes: the binary model `σ(wᵀz + c₀)` becomes the head `W = [−w/2; w/2]`,
+    /// `b = [−c₀/2, c₀/2]`, whose softmax is the same probability. More classes: the
+    /// multinomial coefficients are the head. Every class `0..n_classes` must occur in `train`.
+    ///
+    /// ```no_run
+    /// use replens::train::lora::*;
+    /// let data = |split: &str| read_labelled_jsonl(format!("data/classification/spam_assassin_{split}.jsonl"), "text", "label");
+    /// let mut clf = SequenceClassifier::load("minilm", ClassifierConfig::new(2).pooling(Pooling::Mean))?;
+    /// let train = data("train")?;
+    /// let probe_accuracy = clf.warm_start_head(&train[..200], 1.0)?;
+    /// println!("the head starts at training accuracy {probe_accuracy:.3}");
+    /// # Ok::<(), replens::Error>(())
+    /// ```
+    pub fn warm_start_head(&mut self, train: &[(String, usize)], c: f64) -> Result<f64> {
+        let k = self.cfg.n_classes;
+        check_labels("warm_start_head: train", train, k)?;
+        let mut counts = vec![0usize; k];
+        for (_, y) in train {
+            counts[*y] += 1;
+        }
+        if let Some(missing) = counts.iter().position(|&n| n == 0) {
+            bail!("warm_start_head: class {missing} has no example in the training split (a probe needs every class 0..{k})");
+        }
+        let texts: Vec<&str> = train.iter().map(|(t, _)| t.as_str()).collect();
+        let y: Vec<u32> = train.iter().map(|(_, y)| *y as u32).collect();
+        let ids = self.tokenize(&texts, "warm_start_head: train")?;
+        let z = self.outputs_ids(&ids, true, 32)?.features;
+        let probe = LogisticRegression::new()
+            .c(c)
+            .fit(&z, &y)
+            .map_err(|e| Error::InvalidInput(format!("warm_start_head: {e}")))?;
+        let d = self.d_model();
+        let (w, b): (Vec<f32>, Vec<f32>) = if k == 2 {
+            let half: Vec<f32> = probe.coef.iter().map(|&v| (v / 2.0) as f32).collect();
+            let w = half
+                .iter()
+                .map(|v| -v)
+                .chain(half.iter().copied())
+                .collect();
+            let c0 = (probe.intercept[0] / 2.0) as f32;
+            (w, vec![-c0, c0])
+        } else {
+            (
+                probe.coef.iter().map(|&v| v as f32).collect(),
+                probe.intercept.iter().map(|&v| v as f32).collect(),
+            )
+        };
+        self.head_w
+            .set(&Tensor::from_vec(w, (k, d), &self.device)?)?;
+        self.head_b.set(&Tensor::from_vec(b, k, &self.device)?)?;
+        probe.accuracy(&z, &y)
     }
 
     // -----------------------------------------------------------------------------------------
