@@ -27,6 +27,8 @@ ITEMS = [
     ("extract-minilm-b1", "extraction", ["minilm", "1"], "bench_extract.py", ["minilm", "1"], 1e-3),
     ("extract-minilm-b8", "extraction", ["minilm", "8"], "bench_extract.py", ["minilm", "8"], 1e-3),
     ("erank-10k", "metrics", ["erank-10k"], "bench_metrics.py", ["erank-10k"], 1e-5),
+    # the same fp32 reference, with replens's Gram product in f32 too (eigen-solve still f64)
+    ("erank-10k-f32gram", "metrics", ["erank-10k-f32gram"], "bench_metrics.py", ["erank-10k"], 1e-4),
     ("erank-stream-100k", "metrics", ["erank-stream-100k"], "bench_metrics.py", ["erank-stream-100k"], 1e-5),
     ("cka-50k", "metrics", ["cka-50k"], "bench_metrics.py", ["cka-50k"], 1e-4),
     ("mmd-perm-5k", "metrics", ["mmd-perm-5k"], "bench_metrics.py", ["mmd-perm-5k"], 1e-5),

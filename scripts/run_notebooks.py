@@ -29,7 +29,13 @@ OUT = os.path.join(ROOT, "target", "notebooks")
 EVCXR_ROOT = os.path.join(ROOT, "target", "evcxr")
 # package -> opt-level; all of them without debug assertions or overflow checks
 EVCXR_OPTIMISED = {"gemm-common": 3, "gemm-f32": 3, "gemm-f64": 3, "gemm": 3,
-                   "candle-core": 3, "candle-nn": 2, "replens": 1}
+                   "candle-core": 3, "candle-nn": 2, "replens-kernels": 3, "replens": 1,
+                   # tokenisation and tokenizer.json / safetensors loading: at opt-level 0 they
+                   # took most of a MiniLM classifier's load-and-score time in notebook 05
+                   "tokenizers": 2, "regex": 2, "regex-automata": 2, "regex-syntax": 2,
+                   "fancy-regex": 2, "aho-corasick": 2, "memchr": 2, "daachorse": 2,
+                   "unicode-normalization-alignments": 2, "unicode-segmentation": 2,
+                   "unicode_categories": 2, "serde_json": 2, "safetensors": 2}
 EVCXR_PROFILE = "# written by scripts/run_notebooks.py\n" + "\n".join(
     f"[profile.dev.package.{name}]\nopt-level = {level}\ndebug-assertions = false\noverflow-checks = false\n"
     for name, level in EVCXR_OPTIMISED.items()

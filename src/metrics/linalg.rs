@@ -9,8 +9,14 @@
 //! [`crate::metrics::erank::symmetric_eigenvalues`] is the eigenvalues-only twin of
 //! [`symmetric_eigen`] (same Householder + implicit QL scheme; kept separate because it
 //! skips the O(n³) eigenvector accumulation).
+//!
+//! The two O(n³) loops (Householder tridiagonalisation, implicit QL) live in the small
+//! `replens-kernels` crate, which the dev/test profile builds at opt-level 3; the checks,
+//! errors and documented entry points are here.
 
 use candle_core::{DType, Device, Tensor};
+
+use replens_kernels::{tridiagonal_ql, tridiagonalise};
 
 use crate::error::{bail, Context, Error, Result};
 
@@ -123,7 +129,8 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let (mut diag, mut off, q) = tridiagonalise(&mut w, n, true);
     // Rows of `zt` are the columns of Q: each QL rotation then combines two contiguous rows.
     let mut zt = transpose(&q.unwrap_or_default(), n, n);
-    tridiagonal_ql(&mut diag, &mut off, Some(&mut zt))?;
+    tridiagonal_ql(&mut diag, &mut off, Some(&mut zt))
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| diag[y].total_cmp(&diag[x]));
     let values: Vec<f64> = order.iter().map(|&k| diag[k]).collect();
@@ -142,188 +149,8 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>)> {
 /// [`crate::metrics::erank::symmetric_eigenvalues`].
 pub(crate) fn eigenvalues_in_place(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     let (mut diag, mut off, _) = tridiagonalise(a, n, false);
-    tridiagonal_ql(&mut diag, &mut off, None)?;
+    tridiagonal_ql(&mut diag, &mut off, None).map_err(|e| Error::InvalidInput(e.to_string()))?;
     Ok(diag)
-}
-
-/// Householder tridiagonalisation of the symmetric `a` (destroyed) (Golub & Van Loan §8.3).
-/// Returns (diagonal, off-diagonal with `off[k]` coupling k and k+1, Q if `with_q`) with
-/// A = Q T Qᵀ, Q row-major.
-fn tridiagonalise(a: &mut [f64], n: usize, with_q: bool) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
-    let mut diag = vec![0.0; n];
-    let mut off = vec![0.0; n];
-    let mut reflectors: Vec<(Vec<f64>, f64)> =
-        Vec::with_capacity(if with_q { n.saturating_sub(2) } else { 0 });
-    let mut p = vec![0.0; n];
-    for k in 0..n.saturating_sub(2) {
-        diag[k] = a[k * n + k];
-        let s = k + 1; // the trailing block is a[s.., s..]
-        let m = n - s;
-        let mut v: Vec<f64> = (0..m).map(|i| a[(s + i) * n + k]).collect();
-        let xnorm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-        if xnorm == 0.0 {
-            off[k] = 0.0;
-            if with_q {
-                reflectors.push((v, 0.0));
-            }
-            continue;
-        }
-        // Reflect x onto alpha·e1 with alpha of the opposite sign of x0 (no cancellation).
-        let alpha = if v[0] >= 0.0 { -xnorm } else { xnorm };
-        off[k] = alpha;
-        v[0] -= alpha;
-        let vnorm2: f64 = v.iter().map(|x| x * x).sum();
-        if vnorm2 == 0.0 {
-            if with_q {
-                reflectors.push((v, 0.0));
-            }
-            continue;
-        }
-        let beta = 2.0 / vnorm2;
-        let p = &mut p[..m];
-        for (i, pi) in p.iter_mut().enumerate() {
-            let row = &a[(s + i) * n + s..(s + i) * n + n];
-            *pi = beta * dot(row, &v);
-        }
-        // q = p − (beta/2)(vᵀp) v ; A22 −= v qᵀ + q vᵀ
-        let kq = 0.5 * beta * dot(&v, p);
-        for (pi, vi) in p.iter_mut().zip(v.iter()) {
-            *pi -= kq * vi;
-        }
-        for i in 0..m {
-            let (vi, qi) = (v[i], p[i]);
-            let row = &mut a[(s + i) * n + s..(s + i) * n + n];
-            for ((x, &vj), &qj) in row.iter_mut().zip(v.iter()).zip(p.iter()) {
-                *x -= vi * qj + qi * vj;
-            }
-        }
-        if with_q {
-            reflectors.push((v, beta));
-        }
-    }
-    if n >= 2 {
-        diag[n - 2] = a[(n - 2) * n + n - 2];
-        off[n - 2] = a[(n - 1) * n + n - 2];
-    }
-    diag[n - 1] = a[(n - 1) * n + n - 1];
-    off[n - 1] = 0.0;
-    if !with_q {
-        return (diag, off, None);
-    }
-
-    // Q = H_0 H_1 … H_{n−3}, accumulated backwards: before H_k is applied the product acts
-    // only on indices ≥ k+2, so H_k touches rows and columns ≥ k+1 only.
-    let mut q = vec![0.0; n * n];
-    for i in 0..n {
-        q[i * n + i] = 1.0;
-    }
-    let mut w = vec![0.0; n];
-    for (k, (v, beta)) in reflectors.iter().enumerate().rev() {
-        if *beta == 0.0 {
-            continue;
-        }
-        let s = k + 1;
-        let w = &mut w[s..n];
-        w.iter_mut().for_each(|x| *x = 0.0);
-        // w = Qᵀ[s.., s..] v (row combination), then Q[s.., s..] −= beta v wᵀ.
-        for (i, &vi) in v.iter().enumerate() {
-            let row = &q[(s + i) * n + s..(s + i) * n + n];
-            for (wj, &x) in w.iter_mut().zip(row) {
-                *wj += vi * x;
-            }
-        }
-        for (i, &vi) in v.iter().enumerate() {
-            let f = beta * vi;
-            let row = &mut q[(s + i) * n + s..(s + i) * n + n];
-            for (x, &wj) in row.iter_mut().zip(w.iter()) {
-                *x -= f * wj;
-            }
-        }
-    }
-    (diag, off, Some(q))
-}
-
-/// Implicit QL with Wilkinson shifts on a symmetric tridiagonal matrix (`d` diagonal, `e[i]`
-/// coupling i and i+1; `e` destroyed); eigenvalues in `d` on return, unsorted. With `zt`
-/// (`n × n`, rows = the columns of the tridiagonalising Q) every rotation is applied to its
-/// rows, so that row i is eigenvector i on return.
-fn tridiagonal_ql(d: &mut [f64], e: &mut [f64], mut zt: Option<&mut [f64]>) -> Result<()> {
-    let n = d.len();
-    // Negligibility relative to the whole matrix (EISPACK tql1/tql2), not to the neighbours
-    // only: in a cluster of (numerically) zero eigenvalues — every rank-deficient Gram matrix —
-    // a purely local test never triggers, because those entries are only accurate to ~eps·‖T‖
-    // in absolute terms.
-    let anorm = (0..n).fold(0.0f64, |acc, i| {
-        let left = if i > 0 { e[i - 1].abs() } else { 0.0 };
-        acc.max(d[i].abs() + e[i].abs() + left)
-    });
-    let tol = f64::EPSILON * anorm;
-    for l in 0..n {
-        let mut iterations = 0;
-        loop {
-            let mut m = l;
-            while m + 1 < n {
-                if e[m].abs() <= tol {
-                    break;
-                }
-                m += 1;
-            }
-            if m == l {
-                break;
-            }
-            iterations += 1;
-            if iterations > 100 {
-                bail!("symmetric eigen-solver: QL did not converge for eigenvalue {l} of {n}");
-            }
-            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
-            g = d[m] - d[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut deflated_early = false;
-            let mut i = m;
-            while i > l {
-                i -= 1;
-                let f = s * e[i];
-                let b = c * e[i];
-                r = f.hypot(g);
-                e[i + 1] = r;
-                if r == 0.0 {
-                    d[i + 1] -= p;
-                    e[m] = 0.0;
-                    deflated_early = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                let g2 = d[i + 1] - p;
-                r = (d[i] - g2) * s + 2.0 * c * b;
-                p = s * r;
-                d[i + 1] = g2 + p;
-                g = c * r - b;
-                if let Some(zt) = zt.as_deref_mut() {
-                    let (lo, hi) = zt.split_at_mut((i + 1) * n);
-                    let zi = &mut lo[i * n..];
-                    let zi1 = &mut hi[..n];
-                    for (a, b) in zi.iter_mut().zip(zi1.iter_mut()) {
-                        let f = *b;
-                        *b = s * *a + c * f;
-                        *a = c * *a - s * f;
-                    }
-                }
-            }
-            if deflated_early {
-                continue;
-            }
-            d[l] -= p;
-            e[l] = g;
-            e[m] = 0.0;
-        }
-    }
-    Ok(())
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Transpose of a row-major `rows × cols` matrix.
