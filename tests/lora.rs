@@ -412,6 +412,17 @@ fn short_training_run_learns_and_moves_only_adapter_and_head() {
     let labels: Vec<usize> = splits.test.iter().map(|(_, y)| *y).collect();
     assert_eq!(accuracy(&eval.logits, &labels).unwrap(), log.test_accuracy);
     assert_eq!(eval.logits.argmax(D::Minus1).unwrap().dims(), [24]);
+    // The log's validation / test outputs are exactly what `outputs` gives afterwards.
+    for (split, kept) in [
+        (&splits.validation, &log.validation_outputs),
+        (&splits.test, &log.test_outputs),
+    ] {
+        let kept = kept.as_ref().expect("train() keeps the last outputs");
+        let texts: Vec<&str> = split.iter().map(|(t, _)| t.as_str()).collect();
+        let again = clf.outputs(&texts).unwrap();
+        assert_eq!(bits(&kept.logits), bits(&again.logits));
+        assert_eq!(bits(&kept.features), bits(&again.features));
+    }
 }
 
 /// LP-FT warm start: the head becomes the logistic-regression probe, so the classifier's

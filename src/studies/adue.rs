@@ -899,7 +899,7 @@ fn run_seed(
         progress: cfg.progress,
         ..TrainOptions::default()
     };
-    let log = clf.train(splits, &opts)?;
+    let mut log = clf.train(splits, &opts)?;
     let seconds_finetune = log.seconds;
 
     let (y_train, y_val, y_test) = (
@@ -908,8 +908,15 @@ fn run_seed(
         labels(&splits.test),
     );
     let out_train = clf.outputs(&texts(&splits.train))?;
-    let out_val = clf.outputs(&texts(&splits.validation))?;
-    let out_test = clf.outputs(&texts(&splits.test))?;
+    // Validation and test were scored by the last passes of training (same batches of 32).
+    let out_val = match log.validation_outputs.take() {
+        Some(o) => o,
+        None => clf.outputs(&texts(&splits.validation))?,
+    };
+    let out_test = match log.test_outputs.take() {
+        Some(o) => o,
+        None => clf.outputs(&texts(&splits.test))?,
+    };
 
     let probs = softmax(&out_test.logits)?;
     let errors = error_indicator(&probs, &y_test)?;

@@ -826,10 +826,10 @@ fn encoder_dir(model: &Model) -> Result<&Path> {
     Ok(model.source().path.as_path())
 }
 
-/// 1.0 where the classifier's arg-max equals the label, else 0.0. Labels the classifier has no
-/// class for count as wrong, as in the probe.
-fn correct_rows(clf: &SequenceClassifier, texts: &[String], labels: &[u32]) -> Result<Vec<f64>> {
-    let pred: Vec<u32> = clf.logits(texts)?.argmax(D::Minus1)?.to_vec1()?;
+/// 1.0 where the arg-max of a row of `logits` equals the label, else 0.0. Labels the classifier
+/// has no class for count as wrong, as in the probe.
+fn correct_rows(logits: &Tensor, labels: &[u32]) -> Result<Vec<f64>> {
+    let pred: Vec<u32> = logits.argmax(D::Minus1)?.to_vec1()?;
     Ok(pred
         .iter()
         .zip(labels)
@@ -921,7 +921,7 @@ pub fn fine_tune_lora(
             ..opts.lora.clone()
         });
     let mut clf = SequenceClassifier::from_dir(dir, ccfg)?;
-    let log = clf.train(
+    let mut log = clf.train(
         &splits,
         &TrainOptions {
             epochs: opts.epochs,
@@ -932,10 +932,17 @@ pub fn fine_tune_lora(
             ..TrainOptions::default()
         },
     )?;
-    let test_texts: Vec<String> = splits.test.iter().map(|(t, _)| t.clone()).collect();
+    // The held-out rows were scored by training's last pass (the test split).
+    let test_logits = match log.test_outputs.take() {
+        Some(o) => o.logits,
+        None => {
+            let texts: Vec<&str> = splits.test.iter().map(|(t, _)| t.as_str()).collect();
+            clf.logits(&texts)?
+        }
+    };
     let test_labels: Vec<u32> = test.iter().map(|&i| train.labels[i]).collect();
-    let correct_in = correct_rows(&clf, &test_texts, &test_labels)?;
-    let correct_shift = correct_rows(&clf, &shifted.texts, &shifted.labels)?;
+    let correct_in = correct_rows(&test_logits, &test_labels)?;
+    let correct_shift = correct_rows(&clf.logits(&shifted.texts)?, &shifted.labels)?;
     let boot = cfg.seed.wrapping_add(4);
     let result = FineTuneResult {
         in_distribution: bootstrap_ci(&correct_in, mean, cfg.n_resamples, cfg.level, boot)?,

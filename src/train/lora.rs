@@ -1056,8 +1056,9 @@ impl SequenceClassifier {
             }
             progress.finish();
             let train_seconds = t0.elapsed().as_secs_f64();
-            let val = self.outputs_ids(&val_ids, false, opts.eval_batch_size)?;
-            let val = evaluation(val.logits, &val_labels)?;
+            let val_outputs = self.outputs_ids(&val_ids, false, opts.eval_batch_size)?;
+            let val = evaluation(val_outputs.logits.clone(), &val_labels)?;
+            log.validation_outputs = Some(val_outputs);
             let e = EpochLog {
                 epoch: epoch + 1,
                 train_loss: loss_sum / ids.len() as f64,
@@ -1079,7 +1080,8 @@ impl SequenceClassifier {
         }
         log.seconds = started.elapsed().as_secs_f64();
         let test = self.outputs_ids(&test_ids, false, opts.eval_batch_size)?;
-        log.test_accuracy = evaluation(test.logits, &test_labels)?.accuracy;
+        log.test_accuracy = evaluation(test.logits.clone(), &test_labels)?.accuracy;
+        log.test_outputs = Some(test);
         Ok(log)
     }
 }
@@ -1250,13 +1252,20 @@ pub struct EpochLog {
 }
 
 /// What [`SequenceClassifier::train`] returns.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainLog {
     pub epochs: Vec<EpochLog>,
     /// Loss of every optimiser step, in order.
     pub step_losses: Vec<f64>,
     /// Accuracy on the test split after the last epoch.
     pub test_accuracy: f64,
+    /// Features and logits of the validation split after the last epoch and of the test
+    /// split, from the passes that measured their accuracies. With the default
+    /// `eval_batch_size` (32) they are exactly what [`SequenceClassifier::outputs`] returns
+    /// for those texts afterwards, so callers need not run them through the model again.
+    /// `None` only in a default-constructed log.
+    pub validation_outputs: Option<ClassifierOutputs>,
+    pub test_outputs: Option<ClassifierOutputs>,
     /// Total wall time.
     pub seconds: f64,
 }
