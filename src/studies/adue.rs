@@ -42,7 +42,7 @@
 //! ```no_run
 //! use replens::studies::adue::{run_adue_study, AdueStudyConfig};
 //! use replens::train::lora::Pooling;
-//! // the settings of notebooks/05-adue.ipynb: about 45 s per seed on a 2-core CPU
+//! // the settings of notebooks/05-adue.ipynb: 45–100 s per seed on a 2-core CPU
 //! let cfg = AdueStudyConfig::new("rt_polarity")
 //!     .max_per_split(300)
 //!     .max_len(32)
