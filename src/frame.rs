@@ -274,14 +274,17 @@ pub fn column_to_tensor(df: &DataFrame, column: &str) -> Result<Tensor> {
     Ok(Tensor::from_vec(values, (df.height(), d), &Device::Cpu)?)
 }
 
+/// The rows of `df` whose `hook` column is `name` (eager: the crate builds polars without its
+/// lazy engine, which would bring an async runtime and cloud I/O into every build).
+fn rows_of_hook(df: &DataFrame, name: &str) -> Result<DataFrame> {
+    let hooks = df.column("hook")?.str()?;
+    Ok(df.filter(&hooks.equal(name))?)
+}
+
 /// Rows of `df` for one hook, as an `(rows, d)` tensor.
 pub fn hook_matrix(df: &DataFrame, hook: HookPoint) -> Result<Tensor> {
     let name = hook.to_string();
-    let rows = df
-        .clone()
-        .lazy()
-        .filter(col("hook").eq(lit(name.as_str())))
-        .collect()?;
+    let rows = rows_of_hook(df, &name)?;
     if rows.height() == 0 {
         return Err(Error::UnknownHook {
             name,
@@ -306,6 +309,82 @@ pub fn write_parquet(df: &DataFrame, path: impl AsRef<Path>) -> Result<()> {
     })?;
     ParquetWriter::new(file).finish(&mut df.clone())?;
     Ok(())
+}
+
+/// Write a frame as CSV: a header row of column names, then one line per row. Floats are
+/// written with the shortest digits that read back exactly (`1e-300`, not 300 digits), nulls as
+/// empty fields, and a field with a comma,
+/// quote or line break is quoted (RFC 4180). A nested value (an `activation` array) is written
+/// in full as `"[a, b, …]"`.
+///
+/// ```
+/// use replens::frame::write_csv;
+/// use replens::polars::prelude::*;
+/// let df = df!("hook" => ["embed", "a,b"], "erank" => [1.5f64, 0.1])?;
+/// let path = std::env::temp_dir().join("replens-doc-write-csv.csv");
+/// write_csv(&df, &path)?;
+/// let text = std::fs::read_to_string(&path)?;
+/// assert_eq!(text, "hook,erank\nembed,1.5\n\"a,b\",0.1\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn write_csv(df: &DataFrame, path: impl AsRef<Path>) -> Result<()> {
+    use std::io::Write;
+    let path = path.as_ref();
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut out = std::io::BufWriter::new(File::create(path).map_err(io)?);
+    let columns = df.columns();
+    let header: Vec<String> = columns.iter().map(|c| csv_field(c.name())).collect();
+    writeln!(out, "{}", header.join(",")).map_err(io)?;
+    for row in 0..df.height() {
+        let mut fields = Vec::with_capacity(columns.len());
+        for column in columns {
+            fields.push(csv_field(&value_text(column.get(row)?)?));
+        }
+        writeln!(out, "{}", fields.join(",")).map_err(io)?;
+    }
+    out.flush().map_err(io)
+}
+
+/// A value as CSV text, before quoting. Nested values are written in full (polars' display
+/// of a list shortens it), as `[a, b, …]`.
+fn value_text(value: AnyValue) -> Result<String> {
+    Ok(match value {
+        AnyValue::Null => String::new(),
+        AnyValue::String(v) => v.to_string(),
+        AnyValue::StringOwned(v) => v.to_string(),
+        AnyValue::Float64(v) => float_text(v),
+        AnyValue::Float32(v) => float_text(v),
+        AnyValue::List(inner) | AnyValue::Array(inner, _) => {
+            let items = inner.iter().map(value_text).collect::<Result<Vec<_>>>()?;
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Shortest round-trip digits; exponent form for very small or large magnitudes, which Rust's
+/// plain `Display` would spell out in hundreds of digits.
+fn float_text<F>(v: F) -> String
+where
+    F: std::fmt::Display + std::fmt::LowerExp + Into<f64> + Copy,
+{
+    let magnitude = v.into().abs();
+    if magnitude != 0.0 && magnitude.is_finite() && !(1e-5..1e16).contains(&magnitude) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
 }
 
 /// Read a Parquet file written by [`write_parquet`] (or any Parquet file).
@@ -353,11 +432,7 @@ pub fn extract_to_parquet<S: AsRef<str>>(
         rows += df.height();
         for point in doc.cache.points() {
             let name = point.to_string();
-            let part = df
-                .clone()
-                .lazy()
-                .filter(col("hook").eq(lit(name.as_str())))
-                .collect()?;
+            let part = rows_of_hook(&df, &name)?;
             if !writers.contains_key(&name) {
                 let sub = dir
                     .join(format!("model={model_name}"))

@@ -289,7 +289,7 @@ fn shift_fine_tune_runs_and_rejects_a_decoder_or_bad_epochs_before_embedding() {
         ),
         (
             shift(&roberta, &["--fine-tune", "--ft-epochs", "0"]),
-            "epochs and batch_size must be at least 1",
+            "fine-tuning: TrainOptions: epochs must be at least 1",
         ),
     ] {
         // The model loads (one "loaded …" line), then the check fails before any embedding.

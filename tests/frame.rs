@@ -2,6 +2,7 @@
 
 use replens::frame::{self, Pooling};
 use replens::model::source::models_dir;
+use replens::polars::prelude::df;
 use replens::prelude::*;
 
 fn minilm() -> Model {
@@ -177,6 +178,62 @@ fn pooling_matches_definitions_and_batches() {
         pooled.column("loss").unwrap().null_count() == 3,
         "encoders have no LM loss"
     );
+}
+
+#[test]
+fn csv_quotes_what_needs_quoting_and_keeps_float_digits() {
+    let df = df!(
+        "name" => [Some("plain"), Some("with, comma"), Some("say \"hi\""), Some("two\nlines"), None],
+        "n" => [Some(1i64), Some(-2), None, Some(4), Some(5)],
+        "x" => [0.1f64, 1e-300, f64::NAN, -0.0, 1.0 / 3.0],
+        "big" => [1e20f64, 123456.0, 2.5e-7, f64::INFINITY, 1e15],
+        "ok" => [true, false, true, false, true],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    frame::write_csv(&df, &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        "name,n,x,big,ok\n\
+         plain,1,0.1,1e20,true\n\
+         \"with, comma\",-2,1e-300,123456,false\n\
+         \"say \"\"hi\"\"\",,NaN,2.5e-7,true\n\
+         \"two\nlines\",4,-0,inf,false\n\
+         ,5,0.3333333333333333,1000000000000000,true\n"
+    );
+    // every float reads back exactly
+    let last: f64 = text
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(last, 1.0 / 3.0);
+
+    // An activation frame: the array column is one quoted field per row.
+    let run = minilm()
+        .run(&TEXTS[..1], &HookSpec::points([HookPoint::ResidPost(0)]))
+        .unwrap();
+    let acts = run_to_frame(&run).unwrap();
+    frame::write_csv(&acts, &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), acts.height() + 1);
+    // The array is written in full: as many numbers as the model's width.
+    let first = text.lines().nth(1).unwrap();
+    let array = &first[first.find("\"[").unwrap() + 2..first.rfind("]\"").unwrap()];
+    let values: Vec<f32> = array.split(", ").map(|v| v.parse().unwrap()).collect();
+    let d = acts.column("activation").unwrap().array().unwrap().width();
+    assert_eq!(values.len(), d);
+
+    let err = frame::write_csv(&df, "/nonexistent/dir/t.csv")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/dir/t.csv"), "{err}");
 }
 
 #[test]

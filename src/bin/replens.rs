@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use replens::frame::{self, Pooling};
 use replens::hooks::HookSpec;
 use replens::model::{source, Model, RunOptions};
+use replens::studies::distribution_shift::FineTuneOptions;
 
 #[derive(Parser)]
 #[command(
@@ -195,10 +196,10 @@ enum Command {
         #[arg(long)]
         fine_tune: bool,
         /// Epochs of the LoRA fine-tuning.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = FineTuneOptions::default().epochs)]
         ft_epochs: usize,
         /// Peak learning rate of the LoRA fine-tuning.
-        #[arg(long, default_value_t = 2e-3)]
+        #[arg(long, default_value_t = FineTuneOptions::default().lr)]
         ft_lr: f64,
         /// Output directory: report.csv, projections.parquet, pca.svg/.png (+ comparison.csv).
         #[arg(long, default_value = "out/shift")]
@@ -321,16 +322,6 @@ fn parse_index(name: &str) -> replens::Result<replens::metrics::similarity::Simi
             )))
         }
     })
-}
-
-fn write_csv(
-    df: &mut replens::polars::prelude::DataFrame,
-    path: &std::path::Path,
-) -> replens::Result<()> {
-    use replens::polars::prelude::{CsvWriter, SerWriter};
-    let mut file = std::fs::File::create(path).map_err(io_err(path))?;
-    CsvWriter::new(&mut file).finish(df)?;
-    Ok(())
 }
 
 fn hook_spec(hooks: &str) -> replens::Result<HookSpec> {
@@ -496,8 +487,7 @@ fn run(cli: Cli) -> replens::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            let mut frame = sim.frame.clone();
-            write_csv(&mut frame, &out.join("similarity.csv"))?;
+            frame::write_csv(&sim.frame, out.join("similarity.csv"))?;
             let chart = sim.heatmap()?;
             chart.save_svg(out.join("heatmap.svg"))?;
             chart.save_png(out.join("heatmap.png"))?;
@@ -561,8 +551,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             let cfg = StitchConfig::default().steps(steps).seed(seed);
             let m = stitch_matrix(&a, &b, &layers, &texts, &cfg)?;
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            write_csv(&mut m.to_frame()?, &out.join("stitch.csv"))?;
-            write_csv(&mut m.asymmetry_frame()?, &out.join("asymmetry.csv"))?;
+            frame::write_csv(&m.to_frame()?, out.join("stitch.csv"))?;
+            frame::write_csv(&m.asymmetry_frame()?, out.join("asymmetry.csv"))?;
             println!("{}", m.summary());
             eprintln!("wrote {}", out.display());
             Ok(())
@@ -582,7 +572,7 @@ fn run(cli: Cli) -> replens::Result<()> {
             out,
         } => {
             use replens::studies::distribution_shift::{
-                run_distribution_shift, FineTuneOptions, LabelledTexts, ShiftConfig,
+                run_distribution_shift, LabelledTexts, ShiftConfig,
             };
             let name_of = |p: &std::path::Path| {
                 p.file_stem()
@@ -610,7 +600,7 @@ fn run(cli: Cli) -> replens::Result<()> {
             let res = run_distribution_shift(&model, &a, &b, &cfg)?;
             eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            write_csv(&mut res.report.to_frame()?, &out.join("report.csv"))?;
+            frame::write_csv(&res.report.to_frame()?, out.join("report.csv"))?;
             frame::write_parquet(&res.projections, out.join("projections.parquet"))?;
             let chart = res.scatter_chart(1, 2)?;
             chart.save_svg(out.join("pca.svg"))?;
@@ -620,8 +610,8 @@ fn run(cli: Cli) -> replens::Result<()> {
                 println!("{}", probe.to_frame(&res.train_name, &res.shifted_name)?);
             }
             if res.fine_tune.is_some() {
-                let mut cmp = res.comparison_frame()?;
-                write_csv(&mut cmp, &out.join("comparison.csv"))?;
+                let cmp = res.comparison_frame()?;
+                frame::write_csv(&cmp, out.join("comparison.csv"))?;
                 println!("probe vs LoRA fine-tuning (same test rows):\n{cmp}");
             }
             eprintln!("wrote {}", out.display());
@@ -688,8 +678,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             };
             let res = run_adue_study(&cfg)?;
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            write_csv(&mut res.to_frame()?, &out.join("results.csv"))?;
-            write_csv(&mut res.seeds_frame()?, &out.join("per_seed.csv"))?;
+            frame::write_csv(&res.to_frame()?, out.join("results.csv"))?;
+            frame::write_csv(&res.seeds_frame()?, out.join("per_seed.csv"))?;
             res.roc_chart()?.save_svg(out.join("roc.svg"))?;
             res.rejection_chart()?.save_svg(out.join("rejection.svg"))?;
             println!("{res}");
@@ -740,8 +730,7 @@ fn run(cli: Cli) -> replens::Result<()> {
                 information_emergence(&model, &prompts, &layers, &cfg)?
             };
             std::fs::create_dir_all(&out).map_err(io_err(&out))?;
-            let mut frame = result.to_frame()?;
-            write_csv(&mut frame, &out.join("emergence.csv"))?;
+            frame::write_csv(&result.to_frame()?, out.join("emergence.csv"))?;
             println!("{result}");
             eprintln!("wrote {}", out.display());
             Ok(())

@@ -735,18 +735,23 @@ impl FineTuneOptions {
         self
     }
 
+    /// The options [`SequenceClassifier::train`] gets (the rest at their defaults).
+    fn train_options(&self, seed: u64, progress: bool) -> TrainOptions {
+        TrainOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed,
+            progress,
+            ..TrainOptions::default()
+        }
+    }
+
     /// Cheap checks, so that bad settings fail before a model is loaded or a text embedded.
     fn check(&self) -> Result<()> {
-        if self.epochs == 0 || self.batch_size == 0 {
-            bail!(
-                "fine-tuning: epochs and batch_size must be at least 1, got {} and {}",
-                self.epochs,
-                self.batch_size
-            );
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("fine-tuning: lr must be positive, got {}", self.lr);
-        }
+        self.train_options(0, false)
+            .check()
+            .map_err(|e| Error::InvalidInput(format!("fine-tuning: {e}")))?;
         if !(self.validation_fraction > 0.0 && self.validation_fraction < 1.0) {
             bail!(
                 "fine-tuning: validation_fraction must be in (0, 1), got {}",
@@ -921,17 +926,7 @@ pub fn fine_tune_lora(
             ..opts.lora.clone()
         });
     let mut clf = SequenceClassifier::from_dir(dir, ccfg)?;
-    let mut log = clf.train(
-        &splits,
-        &TrainOptions {
-            epochs: opts.epochs,
-            batch_size: opts.batch_size,
-            lr: opts.lr,
-            seed,
-            progress: cfg.progress,
-            ..TrainOptions::default()
-        },
-    )?;
+    let mut log = clf.train(&splits, &opts.train_options(seed, cfg.progress))?;
     // The held-out rows were scored by training's last pass (the test split).
     let test_logits = match log.test_outputs.take() {
         Some(o) => o.logits,

@@ -1208,7 +1208,9 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    fn check(&self) -> Result<()> {
+    /// The checks [`SequenceClassifier::train`] runs first; callers that build options for it
+    /// run them early, before anything is embedded.
+    pub(crate) fn check(&self) -> Result<()> {
         if self.epochs == 0 {
             bail!("TrainOptions: epochs must be at least 1");
         }
