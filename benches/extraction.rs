@@ -3,7 +3,8 @@
 //! `minilm`), reference `scripts/reference/bench_extract.py <model> <batch>`; `scripts/bench.py`
 //! runs both and prints the table of BENCHMARKS.md. Both sides read the same synthetic ids
 //! (xorshift, 128 tokens per sequence), keep every residual stream (the embedding and every
-//! block's output) and copy it to host memory, as a user reading activations would.
+//! block's output) and copy it to host memory, as a user reading activations would. Neither
+//! computes logits (`HookSpec::without_logits`; the reference runs the decoder's base model).
 //! Agreement: both print the mean |x| of block 0's output over the first sequence.
 
 mod common;
@@ -38,7 +39,7 @@ fn main() -> replens::Result<()> {
     let name = args.first().map(String::as_str).unwrap_or("default");
     let batch: usize = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(1);
     let model = Model::load(name)?;
-    let spec = HookSpec::all_residual();
+    let spec = HookSpec::all_residual().without_logits();
     let data = ids(16, SEQ, model.config().vocab_size(), 42);
     let mut rep = 0;
     let runs = 5;

@@ -224,7 +224,7 @@ pub fn embed<S: AsRef<str>>(
     pooling: Pooling,
     opts: &RunOptions,
 ) -> Result<Tensor> {
-    let spec = HookSpec::points([hook]);
+    let spec = HookSpec::points([hook]).without_logits();
     let mut rows = Vec::with_capacity(texts.len());
     model.for_each_doc(texts, &spec, opts, |doc| {
         rows.push(pool(doc.cache.get(hook)?, pooling)?);
@@ -427,6 +427,8 @@ pub fn extract_to_parquet<S: AsRef<str>>(
         polars::io::parquet::write::BatchedWriter<File>,
     > = Default::default();
     let mut rows = 0;
+    // the long frame has no loss column: skip the unembedding
+    let hooks = &hooks.clone().without_logits();
     model.for_each_doc(texts, hooks, opts, |doc| {
         let df = doc_to_frame(&doc)?;
         rows += df.height();

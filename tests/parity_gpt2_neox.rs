@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use replens::hooks::{HookPoint, HookSpec};
 use replens::model::init::{random_weights, Init};
-use replens::model::{pad_batch, Model};
+use replens::model::{pad_batch, Model, RunOptions};
 
 const TOL: f32 = 1e-4;
 
@@ -164,6 +164,39 @@ fn padding_does_not_change_real_tokens() {
             worst <= 1e-5,
             "{label}: padding changed real tokens by {worst:e}"
         );
+    }
+}
+
+#[test]
+fn without_logits_skips_the_head_and_keeps_every_hook() {
+    for (label, dir) in FAMILIES {
+        let model = Model::from_dir(fixture(dir).join("model")).unwrap();
+        let docs = docs(&expected(dir));
+        let (input, mask) = pad_batch(&docs, model.device()).unwrap();
+        let full = model.forward(&input, &mask, &HookSpec::all()).unwrap();
+        let bare = model
+            .forward(&input, &mask, &HookSpec::all().without_logits())
+            .unwrap();
+        assert!(full.logits.is_some(), "{label}");
+        assert!(bare.logits.is_none(), "{label}: logits computed anyway");
+        let points: Vec<_> = full.cache.iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            points,
+            bare.cache.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+        for ((point, a), (_, b)) in full.cache.iter().zip(bare.cache.iter()) {
+            assert_eq!(max_abs_diff(a, b), 0.0, "{label}: {point} changed");
+        }
+        let mut without_loss = 0;
+        let opts = RunOptions::default().progress(false);
+        let spec = HookSpec::none().without_logits();
+        model
+            .for_each_doc_ids(&docs, &spec, &opts, |doc| {
+                without_loss += usize::from(doc.token_loss.is_none());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(without_loss, docs.len(), "{label}: a loss without logits");
     }
 }
 

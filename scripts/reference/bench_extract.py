@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Reference side of benches/extraction.rs: HF transformers on the same GGUF / HF model, the same
 token ids (same xorshift), all hidden states copied to host memory, 128 tokens, same threads.
+Neither side computes logits: the decoder runs as its base model (`model.model`, no lm_head),
+as replens runs it with `HookSpec::without_logits`; MiniLM has no head on either side.
 
 usage: python scripts/reference/bench_extract.py [default|minilm] [batch] [threads]
 """
@@ -28,6 +30,8 @@ else:
     model = AutoModel.from_pretrained(os.path.join(ROOT, "models", "all-MiniLM-L6-v2"), dtype=torch.float32)
 model.eval()
 vocab = model.config.vocab_size
+# the hidden states without the unembedding (the CausalLM's base model)
+body = model.model if name == "default" else model
 SEQ = 128
 
 
@@ -56,7 +60,7 @@ def run():
     rep += 1
     chunk = data[start:min(start + batch, 16)]
     with torch.inference_mode():
-        out = model(chunk, attention_mask=torch.ones_like(chunk), output_hidden_states=True)
+        out = body(chunk, attention_mask=torch.ones_like(chunk), output_hidden_states=True)
         host = [h.numpy().copy() for h in out.hidden_states]
     # hidden_states[1] is block 0's output (replens: blocks.0.hook_resid_post)
     return float(abs(host[1][0]).astype("float64").mean())

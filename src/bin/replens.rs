@@ -373,6 +373,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             let pooling = pooling.map(|p| p.parse::<Pooling>()).transpose()?;
             let model = load(&model)?;
             spec.validate(model.n_layers())?;
+            // the activation frames have no loss column: skip the unembedding
+            let spec = spec.without_logits();
             let opts = RunOptions::default()
                 .batch_size(batch_size)
                 .truncate(truncate);

@@ -182,6 +182,7 @@ fn hook_spec(layers: &[usize]) -> HookSpec {
             .iter()
             .flat_map(|&l| [HookPoint::ResidPre(l), HookPoint::ResidPost(l)]),
     )
+    .without_logits()
 }
 
 /// Run `inputs` and collect, per layer, the (resid_pre, resid_post) rows at `positions[i]`

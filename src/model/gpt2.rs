@@ -426,12 +426,17 @@ impl Gpt2 {
         hooks: &HookSpec,
         cache: &mut ActivationCache,
         grad: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<Option<Tensor>> {
         let x = norm(&self.ln_f, x, grad).context(|| "gpt2 final norm".to_string())?;
         cache.record(hooks, HookPoint::LnFinal, &x);
-        self.lm_head
+        if !hooks.wants_logits() {
+            return Ok(None);
+        }
+        let logits = self
+            .lm_head
             .forward(&x)
-            .context(|| "gpt2 LM head".to_string())
+            .context(|| "gpt2 LM head".to_string())?;
+        Ok(Some(logits))
     }
 }
 
@@ -462,10 +467,7 @@ impl Transformer for Gpt2 {
         cache.record(hooks, HookPoint::Embed, &x);
         let x = self.run_blocks(0, x, &bias, hooks, &mut cache, grad)?;
         let logits = self.head(&x, hooks, &mut cache, grad)?;
-        Ok(ForwardOutput {
-            cache,
-            logits: Some(logits),
-        })
+        Ok(ForwardOutput { cache, logits })
     }
 
     /// Blocks `start..n_layer`, final norm and head on `resid`, the `(batch, seq, n_embd)`
@@ -516,10 +518,7 @@ impl Transformer for Gpt2 {
         let grad = self.trainable || resid.track_op();
         let x = self.run_blocks(start, resid.clone(), &bias, hooks, &mut cache, grad)?;
         let logits = self.head(&x, hooks, &mut cache, grad)?;
-        Ok(ForwardOutput {
-            cache,
-            logits: Some(logits),
-        })
+        Ok(ForwardOutput { cache, logits })
     }
 }
 

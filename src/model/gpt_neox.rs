@@ -388,14 +388,16 @@ impl Transformer for GptNeoX {
             .forward(&x)
             .context(|| "gpt_neox final norm".to_string())?;
         cache.record(hooks, HookPoint::LnFinal, &x);
-        let logits = self
-            .embed_out
-            .forward(&x)
-            .context(|| "gpt_neox LM head".to_string())?;
-        Ok(ForwardOutput {
-            cache,
-            logits: Some(logits),
-        })
+        let logits = if hooks.wants_logits() {
+            Some(
+                self.embed_out
+                    .forward(&x)
+                    .context(|| "gpt_neox LM head".to_string())?,
+            )
+        } else {
+            None
+        };
+        Ok(ForwardOutput { cache, logits })
     }
 }
 

@@ -748,11 +748,12 @@ impl Transformer for Llama {
 
         let h = self.norm.forward(&x).context(|| "model.norm".to_string())?;
         cache.record(hooks, HookPoint::LnFinal, &h);
-        let logits = self.logits(&h).context(|| "lm_head".to_string())?;
-        Ok(ForwardOutput {
-            cache,
-            logits: Some(logits),
-        })
+        let logits = if hooks.wants_logits() {
+            Some(self.logits(&h).context(|| "lm_head".to_string())?)
+        } else {
+            None
+        };
+        Ok(ForwardOutput { cache, logits })
     }
 }
 

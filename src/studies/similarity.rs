@@ -165,7 +165,7 @@ pub fn layer_representations<S: AsRef<str>>(
             "layer_representations: no texts".into(),
         ));
     }
-    let spec = HookSpec::all_residual();
+    let spec = HookSpec::all_residual().without_logits();
     let hooks = spec.expand(model.n_layers());
     let mut per_layer: Vec<Vec<Tensor>> = vec![Vec::new(); hooks.len()];
     let mut token_ids = Vec::with_capacity(texts.len());
