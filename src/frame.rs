@@ -312,10 +312,9 @@ pub fn write_parquet(df: &DataFrame, path: impl AsRef<Path>) -> Result<()> {
 }
 
 /// Write a frame as CSV: a header row of column names, then one line per row. Floats are
-/// written with the shortest digits that read back exactly (`1e-300`, not 300 digits), nulls as
-/// empty fields, and a field with a comma,
-/// quote or line break is quoted (RFC 4180). A nested value (an `activation` array) is written
-/// in full as `"[a, b, …]"`.
+/// written with the shortest digits that read back exactly (`1e-300`, not 300 digits), nulls
+/// as empty fields, and a field with a comma, quote or line break is quoted (RFC 4180). A
+/// nested value (an `activation` array) is written in full as `"[a, b, …]"`.
 ///
 /// ```
 /// use replens::frame::write_csv;

@@ -198,9 +198,11 @@ impl HookSpec {
 
     /// Skip the unembedding (the `lm_head`): the forward pass stops after the final norm, so
     /// there are no logits and no per-token loss, only the hooks. Like TransformerLens'
-    /// `return_type=None`. Hidden states are unchanged; a decoder's forward pass does 20–30 %
-    /// fewer operations (SmolLM2-135M: the 49,152 × 576 head is 21 % of the weights it
-    /// multiplies; GPT-2 small: 31 %). Encoders have no head, so this changes nothing there.
+    /// `return_type=None`. Hidden states are unchanged. A decoder's forward pass skips 20–30 %
+    /// of its multiply-adds (SmolLM2-135M: the 49,152 × 576 head is 21 % of the weights it
+    /// multiplies; GPT-2 small: 31 %) and never allocates the `(batch, seq, vocab)` logits; the
+    /// time saved is smaller where per-layer overhead dominates (`BENCHMARKS.md`). Encoders have
+    /// no head, so this changes nothing there.
     ///
     /// ```
     /// use replens::prelude::*;
