@@ -49,6 +49,12 @@ def prepare_evcxr_dir():
     kernel_dir = os.path.join(EVCXR_ROOT, "kernel")
     os.makedirs(kernel_dir, exist_ok=True)
     os.environ.setdefault("EVCXR_TMPDIR", kernel_dir)
+    # evcxr's `:cache` keys a compiled crate by its rustc command line alone, and tells the local
+    # crates (each cell's crate, replens itself) apart from registry ones only because cargo
+    # compiles local crates incrementally. With CARGO_INCREMENTAL=0 (as .ci/run sets for its own
+    # build) every cell's crate has the same command line, so a cell loads an earlier cell's
+    # cached library and the kernel's runtime exits with status 99. The kernel must not inherit it.
+    os.environ.pop("CARGO_INCREMENTAL", None)
 BAD_MARKERS = ("panicked at", "Error:", "error[E", "FAILED:")
 IMAGE_TYPES = ("image/svg+xml", "image/png")
 
