@@ -320,6 +320,9 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if let Some(y) = super::fast::rms_norm(x, &self.weight, self.eps as f32)? {
+            return Ok(y);
+        }
         let dtype = x.dtype();
         let var = x
             .to_dtype(DType::F64)?
@@ -361,9 +364,11 @@ const K_BLOCK: usize = 256;
 /// with candle's plain matmul our hidden states ended up ~5x further from transformers' than
 /// transformers' own f32 rounding error (measured against the same model in f64); with 256-wide
 /// blocks they are within ~2.3x of it, the level of two independent f32 implementations.
-/// Cost, measured on 16 cores for SmolLM2 (8 × 128 tokens): ~1.25x candle's plain matmul
-/// (64-wide blocks: ~2x). The blocks are stored pre-transposed and contiguous (also what makes a
-/// text's results independent of the batch it is padded into).
+/// Cost: as separate products added with candle, ~1.25x candle's plain matmul (16 cores, SmolLM2,
+/// 8 × 128 tokens); f32 CPU inference now goes through [`super::fast::blocked_matmul`], one
+/// `gemm` call per block adding into one output, whose cost is within the run-to-run noise of a
+/// plain matmul (stop 15, 2 cores). The blocks are stored pre-transposed and contiguous (also
+/// what makes a text's results independent of the batch it is padded into).
 struct Proj {
     /// `(k_i, out)` contiguous blocks of `Wᵀ`, `Σ k_i = in`.
     blocks: Vec<Tensor>,
@@ -412,6 +417,13 @@ impl Proj {
         }
         let rows = x.elem_count() / self.in_dim.max(1);
         let x = x.reshape((rows, self.in_dim))?;
+        if let Some(y) = super::fast::blocked_matmul(&x, &self.blocks, self.out_dim)? {
+            let y = match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            };
+            return y.reshape(out_shape);
+        }
         let mut acc: Option<Tensor> = None;
         let mut start = 0;
         for block in &self.blocks {
@@ -519,8 +531,12 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let product = match super::fast::silu_mul(&gate, &up)? {
+            Some(product) => product,
+            None => (candle_nn::ops::silu(&gate)? * up)?,
+        };
+        self.down_proj.forward(&product)
     }
 }
 
@@ -691,6 +707,14 @@ impl Llama {
     }
 }
 
+/// `x + delta`, through the fused kernel when it applies.
+fn residual(x: &Tensor, delta: &Tensor) -> candle_core::Result<Tensor> {
+    match super::fast::add(x, delta)? {
+        Some(sum) => Ok(sum),
+        None => x + delta,
+    }
+}
+
 impl Transformer for Llama {
     fn forward(
         &self,
@@ -732,7 +756,7 @@ impl Transformer for Llama {
                 .forward(&h, &cos, &sin, &mask)
                 .context(|| format!("layer {i}: self_attn"))?;
             cache.record(hooks, HookPoint::AttnOut(i), &attn);
-            x = (x + attn).context(|| format!("layer {i}: attention residual"))?;
+            x = residual(&x, &attn).context(|| format!("layer {i}: attention residual"))?;
             let h = block
                 .post_attention_layernorm
                 .forward(&x)
@@ -742,7 +766,7 @@ impl Transformer for Llama {
                 .forward(&h)
                 .context(|| format!("layer {i}: mlp"))?;
             cache.record(hooks, HookPoint::MlpOut(i), &mlp);
-            x = (x + mlp).context(|| format!("layer {i}: mlp residual"))?;
+            x = residual(&x, &mlp).context(|| format!("layer {i}: mlp residual"))?;
             cache.record(hooks, HookPoint::ResidPost(i), &x);
         }
 

@@ -11,6 +11,7 @@
 
 pub mod bert;
 pub mod config;
+mod fast;
 pub mod gguf;
 pub mod gpt2;
 pub mod gpt_neox;

@@ -1,13 +1,15 @@
 //! The O(n³) dense kernels behind replens's symmetric eigen-solver (Householder
 //! tridiagonalisation and implicit QL with Wilkinson shifts; Golub & Van Loan, *Matrix
 //! Computations*, 4th ed., §8.3, the EISPACK `tred2`/`tql2` scheme), on row-major `f64`
-//! slices.
+//! slices, and the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`],
+//! [`silu_mul`]) behind `replens`'s f32 CPU forward pass.
 //!
 //! They live in their own crate only for build reasons: replens's dev/test profile compiles the
 //! main crate at opt-level 1 (fast builds), which leaves these loops scalar and bounds-checked,
 //! while this crate is built at opt-level 3 (see replens's `Cargo.toml`). The checked, documented
 //! entry points are `replens::metrics::linalg::symmetric_eigen` and
-//! `replens::metrics::erank::symmetric_eigenvalues`.
+//! `replens::metrics::erank::symmetric_eigenvalues`; the row-wise kernels are called by the Llama
+//! forward pass (`replens::model::llama`).
 //!
 //! ```
 //! // eigenvalues of [[2, 1], [1, 2]]: 3 and 1
@@ -17,6 +19,14 @@
 //! d.sort_by(|x, y| y.total_cmp(x));
 //! assert!((d[0] - 3.0).abs() < 1e-12 && (d[1] - 1.0).abs() < 1e-12);
 //! ```
+
+use rayon::prelude::*;
+
+mod rowwise;
+
+/// Trailing blocks with at least this many rows are tridiagonalised on rayon's threads.
+const PARALLEL_ROWS: usize = 192;
+pub use rowwise::{add, rms_norm, silu_mul};
 
 /// The implicit QL iteration did not converge within 100 sweeps for one eigenvalue (never
 /// observed on real input; reported rather than looping forever).
@@ -79,21 +89,42 @@ pub fn tridiagonalise(
         }
         let beta = 2.0 / vnorm2;
         let p = &mut p[..m];
-        for (i, pi) in p.iter_mut().enumerate() {
+        // Rows are independent in both passes, so the rows of a large trailing block are shared
+        // among rayon's threads; every row's arithmetic, and so the result, is the same.
+        let parallel = m >= PARALLEL_ROWS;
+        let matvec = |(i, pi): (usize, &mut f64)| {
             let row = &a[(s + i) * n + s..(s + i) * n + n];
             *pi = beta * dot(row, &v);
+        };
+        if parallel {
+            p.par_iter_mut()
+                .enumerate()
+                .with_min_len(16)
+                .for_each(matvec);
+        } else {
+            p.iter_mut().enumerate().for_each(matvec);
         }
         // q = p − (beta/2)(vᵀp) v ; A22 −= v qᵀ + q vᵀ
         let kq = 0.5 * beta * dot(&v, p);
         for (pi, vi) in p.iter_mut().zip(v.iter()) {
             *pi -= kq * vi;
         }
-        for i in 0..m {
-            let (vi, qi) = (v[i], p[i]);
-            let row = &mut a[(s + i) * n + s..(s + i) * n + n];
-            for ((x, &vj), &qj) in row.iter_mut().zip(v.iter()).zip(p.iter()) {
+        let (vr, q) = (&v, &*p);
+        let update = |(i, row): (usize, &mut [f64])| {
+            let (vi, qi) = (vr[i], q[i]);
+            for ((x, &vj), &qj) in row[s..].iter_mut().zip(vr.iter()).zip(q.iter()) {
                 *x -= vi * qj + qi * vj;
             }
+        };
+        let trailing = &mut a[s * n..];
+        if parallel {
+            trailing
+                .par_chunks_mut(n)
+                .enumerate()
+                .with_min_len(16)
+                .for_each(update);
+        } else {
+            trailing.chunks_mut(n).enumerate().for_each(update);
         }
         if with_q {
             reflectors.push((v, beta));
