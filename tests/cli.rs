@@ -111,6 +111,41 @@ fn activations_writes_parquet_for_the_encoder() {
     assert_eq!(pooled.height(), 2);
 }
 
+#[test]
+fn one_parquet_file_with_pooling_writes_the_librarys_pooled_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.parquet");
+    let texts = ["The cat sat on the mat.", "A dog ran far away from home."];
+    let (code, _, err) = replens(&[
+        "activations",
+        "--text",
+        texts[0],
+        "--text",
+        texts[1],
+        "--hooks",
+        "blocks.2.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
+        "--pooling",
+        "mean",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let acts = replens::frame::read_parquet(&out).unwrap();
+    assert!(!acts.get_column_names().iter().any(|c| c.as_str() == "loss"));
+    let pooled = replens::frame::read_parquet(dir.path().join("pooled.parquet")).unwrap();
+    // The same frame as the library computes from a fresh run of that hook.
+    use replens::prelude::*;
+    let model = Model::load("default").unwrap();
+    let hook: HookPoint = "blocks.2.hook_resid_post".parse().unwrap();
+    let opts = RunOptions::default().batch_size(8).progress(false);
+    let run = model
+        .run_with(&texts, &HookSpec::points([hook]), &opts)
+        .unwrap();
+    let expected = replens::frame::pooled_frame(&run, hook, Pooling::Mean).unwrap();
+    assert!(pooled.equals_missing(&expected), "{pooled}\nvs\n{expected}");
+    assert!(pooled.column("loss").unwrap().null_count() == 0);
+}
+
 fn fixture(path: &str) -> String {
     format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))
 }

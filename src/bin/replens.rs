@@ -373,8 +373,15 @@ fn run(cli: Cli) -> replens::Result<()> {
             let pooling = pooling.map(|p| p.parse::<Pooling>()).transpose()?;
             let model = load(&model)?;
             spec.validate(model.n_layers())?;
-            // the activation frames have no loss column: skip the unembedding
-            let spec = spec.without_logits();
+            // the activation frames have no loss column: skip the unembedding, unless the same
+            // in-memory run also gives the pooled frame (whose `loss` column needs the logits)
+            let pooled_from_same_run =
+                pooling.is_some() && out.extension().is_some_and(|e| e == "parquet");
+            let spec = if pooled_from_same_run {
+                spec
+            } else {
+                spec.without_logits()
+            };
             let opts = RunOptions::default()
                 .batch_size(batch_size)
                 .truncate(truncate);
@@ -384,10 +391,14 @@ fn run(cli: Cli) -> replens::Result<()> {
                 .iter()
                 .map(Vec::len)
                 .sum();
+            let mut kept_run = None;
             let rows = if out.extension().is_some_and(|e| e == "parquet") {
                 let run = model.run_with(&texts, &spec, &opts)?;
                 let df = frame::run_to_frame(&run)?;
                 frame::write_parquet(&df, &out)?;
+                if pooled_from_same_run {
+                    kept_run = Some(run);
+                }
                 df.height()
             } else {
                 frame::extract_to_parquet(&model, &texts, &spec, &opts, &out)?
@@ -404,11 +415,16 @@ fn run(cli: Cli) -> replens::Result<()> {
                     .expand(model.n_layers())
                     .last()
                     .ok_or_else(|| replens::Error::InvalidInput("no hooks selected".into()))?;
-                let run = model.run_with(
-                    &texts,
-                    &HookSpec::points([hook]),
-                    &opts.clone().progress(false),
-                )?;
+                // The directory output streams batch by batch and keeps no run: run the last
+                // hook again.
+                let run = match kept_run {
+                    Some(run) => run,
+                    None => model.run_with(
+                        &texts,
+                        &HookSpec::points([hook]),
+                        &opts.clone().progress(false),
+                    )?,
+                };
                 let df = frame::pooled_frame(&run, hook, pooling)?;
                 let dir = if out.extension().is_some() {
                     out.parent().map(PathBuf::from).unwrap_or_default()
