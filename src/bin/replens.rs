@@ -375,8 +375,8 @@ fn run(cli: Cli) -> replens::Result<()> {
             spec.validate(model.n_layers())?;
             // the activation frames have no loss column: skip the unembedding, unless the same
             // in-memory run also gives the pooled frame (whose `loss` column needs the logits)
-            let pooled_from_same_run =
-                pooling.is_some() && out.extension().is_some_and(|e| e == "parquet");
+            let single_file = out.extension().is_some_and(|e| e == "parquet");
+            let pooled_from_same_run = pooling.is_some() && single_file;
             let spec = if pooled_from_same_run {
                 spec
             } else {
@@ -392,7 +392,7 @@ fn run(cli: Cli) -> replens::Result<()> {
                 .map(Vec::len)
                 .sum();
             let mut kept_run = None;
-            let rows = if out.extension().is_some_and(|e| e == "parquet") {
+            let rows = if single_file {
                 let run = model.run_with(&texts, &spec, &opts)?;
                 let df = frame::run_to_frame(&run)?;
                 frame::write_parquet(&df, &out)?;

@@ -417,13 +417,20 @@ impl Proj {
         }
         let rows = x.elem_count() / self.in_dim.max(1);
         let x = x.reshape((rows, self.in_dim))?;
-        if let Some(y) = super::fast::blocked_matmul(&x, &self.blocks, self.out_dim)? {
-            let y = match &self.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            };
-            return y.reshape(out_shape);
-        }
+        let y = match super::fast::blocked_matmul(&x, &self.blocks, self.out_dim)? {
+            Some(y) => y,
+            None => self.blocked_matmul_generic(&x, rows)?,
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        y.reshape(out_shape)
+    }
+
+    /// `x · Wᵀ` for `x` of shape `(rows, in_dim)` as separate candle products of the blocks,
+    /// added in order: any dtype, device and autograd.
+    fn blocked_matmul_generic(&self, x: &Tensor, rows: usize) -> candle_core::Result<Tensor> {
         let mut acc: Option<Tensor> = None;
         let mut start = 0;
         for block in &self.blocks {
@@ -435,15 +442,10 @@ impl Proj {
             });
             start += len;
         }
-        let y = match acc {
-            Some(y) => y,
-            None => Tensor::zeros((rows, self.out_dim), x.dtype(), x.device())?,
-        };
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        y.reshape(out_shape)
+        match acc {
+            Some(y) => Ok(y),
+            None => Tensor::zeros((rows, self.out_dim), x.dtype(), x.device()),
+        }
     }
 }
 

@@ -23,10 +23,10 @@
 use rayon::prelude::*;
 
 mod rowwise;
+pub use rowwise::{add, rms_norm, silu_mul};
 
 /// Trailing blocks with at least this many rows are tridiagonalised on rayon's threads.
 const PARALLEL_ROWS: usize = 192;
-pub use rowwise::{add, rms_norm, silu_mul};
 
 /// The implicit QL iteration did not converge within 100 sweeps for one eigenvalue (never
 /// observed on real input; reported rather than looping forever).

@@ -55,21 +55,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 /// assert_eq!(out, vec![1.5, 0.0]);
 /// ```
 pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
-    assert!(a.len() == b.len() && a.len() == out.len());
-    let body = |((a, b), out): ((&[f32], &[f32]), &mut [f32])| {
-        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-            *o = x + y;
-        }
-    };
-    if a.len() < PARALLEL_MIN {
-        body(((a, b), out));
-    } else {
-        const CHUNK: usize = 16 * 1024;
-        a.par_chunks(CHUNK)
-            .zip(b.par_chunks(CHUNK))
-            .zip(out.par_chunks_mut(CHUNK))
-            .for_each(body);
-    }
+    zip_map(a, b, out, |x, y| x + y);
 }
 
 /// `out = silu(gate) * up` with `silu(g) = g / (1 + exp(-g))` (candle's and torch's formula):
@@ -84,18 +70,26 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 /// assert_eq!(out, vec![0.0, 1.0 / (1.0 + (-1.0f32).exp()) * 2.0]);
 /// ```
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && gate.len() == out.len());
-    let body = |((g, u), out): ((&[f32], &[f32]), &mut [f32])| {
-        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+    zip_map(gate, up, out, |g, u| g / (1.0 + (-g).exp()) * u);
+}
+
+/// `out[i] = f(a[i], b[i])`: inline below [`PARALLEL_MIN`] elements, else in chunks on rayon's pool.
+///
+/// # Panics
+/// When the three slices differ in length.
+fn zip_map(a: &[f32], b: &[f32], out: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert!(a.len() == b.len() && a.len() == out.len());
+    let body = |((a, b), out): ((&[f32], &[f32]), &mut [f32])| {
+        for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
         }
     };
-    if gate.len() < PARALLEL_MIN {
-        body(((gate, up), out));
+    if a.len() < PARALLEL_MIN {
+        body(((a, b), out));
     } else {
         const CHUNK: usize = 16 * 1024;
-        gate.par_chunks(CHUNK)
-            .zip(up.par_chunks(CHUNK))
+        a.par_chunks(CHUNK)
+            .zip(b.par_chunks(CHUNK))
             .zip(out.par_chunks_mut(CHUNK))
             .for_each(body);
     }
