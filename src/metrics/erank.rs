@@ -49,7 +49,8 @@
 //! It is *not* invariant to scaling individual rows: centring happens before
 //! normalisation, so a per-row scale changes the centred matrix.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use replens_kernels::{GramOf, Real};
 
 use crate::error::{Context, Error, Result};
 use crate::metrics::linalg;
@@ -177,12 +178,13 @@ pub fn erank_report_with(r: &Tensor, opts: &ErankOptions) -> Result<ErankReport>
 /// Like [`erank_report_with`], but degenerate input (N < 2, no variation) is returned as
 /// [`SentenceErank::Skipped`] instead of an error. NaN/inf and wrong shapes are still errors.
 pub fn erank_or_skip(r: &Tensor, opts: &ErankOptions) -> Result<SentenceErank> {
-    let (data, n, d) = matrix_f64(r)?;
+    let (rows, n, d) = read_rows(r)?;
+    let mean = finite_column_means(&rows, n, d)?;
     if n < 2 {
         return Ok(SentenceErank::Skipped(Skip::TooFewRows { rows: n }));
     }
-    let mean = column_mean(&data, n, d);
-    let (z, used) = centred_unit_rows(&data, d, &mean);
+    let (z, used) = unit_rows(&rows, d, &mean, opts.precision);
+    drop(rows);
     if used == 0 {
         return Ok(SentenceErank::Skipped(Skip::NoVariation { rows: n }));
     }
@@ -191,7 +193,8 @@ pub fn erank_or_skip(r: &Tensor, opts: &ErankOptions) -> Result<SentenceErank> {
         Side::Auto => Side::Gram,
         s => s,
     };
-    let gram = gram_matrix(z, used, d, side, opts.precision)?;
+    let gram = gram_matrix(&z, used, d, side);
+    drop(z);
     let m = if side == Side::Covariance { d } else { used };
     let eig = symmetric_eigenvalues(gram, m)?;
     let (entropy, spectrum) = spectrum_entropy(&eig)?;
@@ -239,8 +242,16 @@ fn spectrum_entropy(eigenvalues: &[f64]) -> Result<(f64, Vec<f64>)> {
     Ok((h.max(0.0), lam))
 }
 
-/// Read a `(N, d)` tensor of any float dtype into row-major f64, rejecting NaN / inf.
-fn matrix_f64(r: &Tensor) -> Result<(Vec<f64>, usize, usize)> {
+/// The values of a `(N, d)` representation, row-major: f32 input as it is (half the memory of
+/// an f64 copy; every later step still computes in f64), any other dtype as f64.
+enum Rows {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// Read a `(N, d)` tensor of any float dtype (see [`Rows`]); NaN / inf are checked later, by
+/// [`finite_column_means`] or [`check_rows_finite`].
+fn read_rows(r: &Tensor) -> Result<(Rows, usize, usize)> {
     let (n, d) = r.dims2().map_err(|_| {
         Error::InvalidInput(format!(
             "eRank expects a 2-D (tokens, d) tensor, got shape {:?}",
@@ -253,99 +264,134 @@ fn matrix_f64(r: &Tensor) -> Result<(Vec<f64>, usize, usize)> {
             r.dims()
         )));
     }
-    let data = r
-        .to_dtype(DType::F64)
-        .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1::<f64>())
-        .context(|| format!("eRank: reading the {n}x{d} representation as f64"))?;
-    check_finite(&data, d)?;
-    Ok((data, n, d))
+    let what = || format!("eRank: reading the {n}x{d} representation");
+    let rows = match r.dtype() {
+        DType::F32 => Rows::F32(
+            r.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .context(what)?,
+        ),
+        _ => Rows::F64(
+            r.to_dtype(DType::F64)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f64>())
+                .context(what)?,
+        ),
+    };
+    Ok((rows, n, d))
 }
 
-fn check_finite(data: &[f64], d: usize) -> Result<()> {
-    if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
-        let v = data[pos];
-        let what = if v.is_nan() {
-            "NaN"
-        } else {
-            "an infinite value"
-        };
-        return Err(Error::InvalidInput(format!(
-            "eRank input contains {what} ({v}) at row {}, column {}",
-            pos / d,
-            pos % d
-        )));
+/// The error for the non-finite value `v` at flat index `pos` of a row-major matrix of width `d`.
+fn non_finite(v: f64, pos: usize, d: usize) -> Error {
+    let what = if v.is_nan() {
+        "NaN"
+    } else {
+        "an infinite value"
+    };
+    Error::InvalidInput(format!(
+        "eRank input contains {what} ({v}) at row {}, column {}",
+        pos / d,
+        pos % d
+    ))
+}
+
+fn check_finite<T: Real>(data: &[T], d: usize) -> Result<()> {
+    match data.iter().position(|&v| !v.into().is_finite()) {
+        Some(pos) => Err(non_finite(data[pos].into(), pos, d)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
-fn column_mean(data: &[f64], n: usize, d: usize) -> Vec<f64> {
-    let mut mean = vec![0.0; d];
-    for row in data.chunks_exact(d) {
-        for (m, &x) in mean.iter_mut().zip(row) {
-            *m += x;
-        }
+fn check_rows_finite(rows: &Rows, d: usize) -> Result<()> {
+    match rows {
+        Rows::F32(x) => check_finite(x, d),
+        Rows::F64(x) => check_finite(x, d),
     }
-    let inv = 1.0 / n as f64;
-    mean.iter_mut().for_each(|m| *m *= inv);
-    mean
 }
 
-fn norm(v: &[f64]) -> f64 {
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-/// Centre every row by `mean`, drop zero rows, L2-normalise the rest.
-/// Returns the kept unit rows (row-major) and how many were kept.
-fn centred_unit_rows(data: &[f64], d: usize, mean: &[f64]) -> (Vec<f64>, usize) {
-    let mean_norm = norm(mean);
-    let mut z = Vec::with_capacity(data.len());
-    let mut used = 0;
-    let mut buf = vec![0.0; d];
-    for row in data.chunks_exact(d) {
-        for ((b, &x), &m) in buf.iter_mut().zip(row).zip(mean) {
-            *b = x - m;
-        }
-        let nz = norm(&buf);
-        if nz <= ZERO_ROW_REL_TOL * (norm(row) + mean_norm) || nz == 0.0 {
-            continue;
-        }
-        let inv = 1.0 / nz;
-        z.extend(buf.iter().map(|b| b * inv));
-        used += 1;
+/// Column sums of the rows, checking every value is finite on the way.
+fn finite_column_sums(rows: &Rows, d: usize) -> Result<Vec<f64>> {
+    fn of<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>> {
+        replens_kernels::column_sums(x, d).map_err(|pos| non_finite(x[pos].into(), pos, d))
     }
-    (z, used)
+    match rows {
+        Rows::F32(x) => of(x, d),
+        Rows::F64(x) => of(x, d),
+    }
 }
 
-/// ZᵀZ (d×d) or ZZᵀ (n×n) of the unit rows, divided by n (as in the paper; the scale does
-/// not matter after trace normalisation). Returned row-major in f64.
-fn gram_matrix(
-    z: Vec<f64>,
-    n: usize,
-    d: usize,
-    side: Side,
-    precision: GramPrecision,
-) -> Result<Vec<f64>> {
-    let dev = Device::Cpu;
-    let what = || format!("eRank: Gram product of the {n}x{d} normalised rows");
-    let zt = match precision {
-        GramPrecision::F64 => Tensor::from_vec(z, (n, d), &dev),
+/// Column means of the `n` rows (zeros when there are none), checking every value is finite.
+fn finite_column_means(rows: &Rows, n: usize, d: usize) -> Result<Vec<f64>> {
+    let inv = 1.0 / n.max(1) as f64;
+    Ok(finite_column_sums(rows, d)?
+        .into_iter()
+        .map(|s| s * inv)
+        .collect())
+}
+
+/// Centre every row by `mean`, drop zero rows (see [`ZERO_ROW_REL_TOL`]), L2-normalise the
+/// rest, in f64, rounded once to `U`. Returns the kept unit rows (row-major) and their count.
+fn centred_unit_rows<U: Real>(rows: &Rows, d: usize, mean: &[f64]) -> (Vec<U>, usize) {
+    let mut z = Vec::new();
+    let kept = match rows {
+        Rows::F32(x) => {
+            z.reserve(x.len());
+            replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z)
+        }
+        Rows::F64(x) => {
+            z.reserve(x.len());
+            replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z)
+        }
+    };
+    (z, kept)
+}
+
+/// gemm's thread count: candle's, so that every product shares one setting.
+fn gemm_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Centred unit rows in the precision of the Gram product.
+enum UnitRows {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+fn unit_rows(rows: &Rows, d: usize, mean: &[f64], precision: GramPrecision) -> (UnitRows, usize) {
+    match precision {
+        GramPrecision::F64 => {
+            let (z, used) = centred_unit_rows(rows, d, mean);
+            (UnitRows::F64(z), used)
+        }
         GramPrecision::F32 => {
-            let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
-            Tensor::from_vec(z32, (n, d), &dev)
+            let (z, used) = centred_unit_rows(rows, d, mean);
+            (UnitRows::F32(z), used)
         }
     }
-    .context(what)?;
-    let g = match side {
-        Side::Covariance | Side::Auto => zt.t().and_then(|t| t.matmul(&zt)),
-        Side::Gram => zt.t().and_then(|t| zt.matmul(&t)),
+}
+
+/// ZᵀZ (d×d) or ZZᵀ (n×n) of the `n` unit rows, divided by n (as in the paper; the scale does
+/// not matter after trace normalisation). Returned row-major in f64. Only the blocks on and
+/// above the diagonal are multiplied ([`replens_kernels::add_gram_upper`]), then mirrored.
+fn gram_matrix(z: &UnitRows, n: usize, d: usize, side: Side) -> Vec<f64> {
+    fn of<U: Real>(z: &[U], n: usize, d: usize, side: Side) -> Vec<U> {
+        let (m, of) = match side {
+            Side::Gram => (n, GramOf::Rows),
+            Side::Covariance | Side::Auto => (d, GramOf::Columns),
+        };
+        let mut g = vec![U::from_f64(0.0); m * m];
+        replens_kernels::add_gram_upper(&mut g, z, n, d, of, gemm_threads());
+        replens_kernels::mirror_upper(&mut g, m);
+        g
     }
-    .and_then(|g| g.to_dtype(DType::F64))
-    .and_then(|g| g.flatten_all())
-    .and_then(|g| g.to_vec1::<f64>())
-    .context(what)?;
     let inv = 1.0 / n as f64;
-    Ok(g.into_iter().map(|v| v * inv).collect())
+    match z {
+        UnitRows::F64(z) => of(z, n, d, side).into_iter().map(|v| v * inv).collect(),
+        UnitRows::F32(z) => of(z, n, d, side)
+            .into_iter()
+            .map(|v| f64::from(v) * inv)
+            .collect(),
+    }
 }
 
 /// All eigenvalues of a real symmetric `n x n` matrix (row-major), sorted descending.
@@ -652,14 +698,12 @@ impl ColumnMeanAccumulator {
 
     /// Add a block of rows `(n, d)`.
     pub fn push(&mut self, r: &Tensor) -> Result<()> {
-        let (data, _n, d) = matrix_f64(r)?;
+        let (rows, n, d) = read_rows(r)?;
         check_dim(d, self.sum.len())?;
-        for row in data.chunks_exact(d) {
-            for (s, &x) in self.sum.iter_mut().zip(row) {
-                *s += x;
-            }
-            self.rows += 1;
+        for (s, b) in self.sum.iter_mut().zip(finite_column_sums(&rows, d)?) {
+            *s += b;
         }
+        self.rows += n;
         Ok(())
     }
 
@@ -708,6 +752,7 @@ pub enum Centring {
 pub struct CovarianceAccumulator {
     dim: usize,
     centring: Centring,
+    /// Σ z zᵀ on and above the diagonal blocks ([`replens_kernels::add_gram_upper`]).
     sum: Vec<f64>,
     rows: usize,
     zero_rows: usize,
@@ -735,33 +780,34 @@ impl CovarianceAccumulator {
 
     /// Add a block of rows `(n, d)`.
     pub fn push(&mut self, r: &Tensor) -> Result<()> {
-        let (data, n, d) = matrix_f64(r)?;
+        let (rows, n, d) = read_rows(r)?;
         check_dim(d, self.dim)?;
         if n == 0 {
             return Ok(());
         }
         let block_mean;
         let mean: &[f64] = match &self.centring {
-            Centring::Mean(m) => m,
+            Centring::Mean(m) => {
+                check_rows_finite(&rows, d)?;
+                m
+            }
             Centring::PerBlock => {
-                block_mean = column_mean(&data, n, d);
+                block_mean = finite_column_means(&rows, n, d)?;
                 &block_mean
             }
         };
-        let (z, used) = centred_unit_rows(&data, d, mean);
+        let (z, used) = centred_unit_rows::<f64>(&rows, d, mean);
         self.rows += n;
         self.zero_rows += n - used;
-        if used == 0 {
-            return Ok(());
-        }
-        let zt = Tensor::from_vec(z, (used, d), &Device::Cpu)
-            .and_then(|z| z.t()?.matmul(&z))
-            .and_then(|g| g.flatten_all())
-            .and_then(|g| g.to_vec1::<f64>())
-            .context(|| format!("covariance accumulator: ZᵀZ of a {used}x{d} block"))?;
-        for (s, g) in self.sum.iter_mut().zip(zt) {
-            *s += g;
-        }
+        // Blocks on and above the diagonal only; `report` mirrors them.
+        replens_kernels::add_gram_upper(
+            &mut self.sum,
+            &z,
+            used,
+            d,
+            GramOf::Columns,
+            gemm_threads(),
+        );
         Ok(())
     }
 
@@ -780,7 +826,8 @@ impl CovarianceAccumulator {
             )));
         }
         let inv = 1.0 / used as f64;
-        let a: Vec<f64> = self.sum.iter().map(|s| s * inv).collect();
+        let mut a: Vec<f64> = self.sum.iter().map(|s| s * inv).collect();
+        replens_kernels::mirror_upper(&mut a, self.dim);
         let eig = symmetric_eigenvalues(a, self.dim)?;
         let (entropy, spectrum) = spectrum_entropy(&eig)?;
         Ok(ErankReport {
