@@ -60,22 +60,29 @@ fn erank_f32_gram(rows: usize) -> Result<()> {
 }
 
 /// eRank streamed over 4096-row chunks: column mean pass, then the covariance pass; O(d²) state.
-fn erank_streaming(rows: usize) -> Result<()> {
+/// `precision` is each chunk's Gram product (summed in f64 either way).
+fn erank_streaming(rows: usize, precision: GramPrecision) -> Result<()> {
     let data = chunks(rows, D, 1)?;
     let run = || -> Result<f64> {
         let mut mean = ColumnMeanAccumulator::new(D);
         for c in &data {
             mean.push(c)?;
         }
-        let mut cov = CovarianceAccumulator::new(D, Centring::Mean(mean.mean()?))?;
+        let mut cov =
+            CovarianceAccumulator::new(D, Centring::Mean(mean.mean()?))?.with_precision(precision);
         for c in &data {
             cov.push(c)?;
         }
         Ok(cov.report()?.erank)
     };
     let (secs, value) = common::median_time(3, run);
+    let suffix = if precision == GramPrecision::F32 {
+        "-f32gram"
+    } else {
+        ""
+    };
     common::report(
-        &format!("erank-stream-{}k", rows / 1000),
+        &format!("erank-stream-{}k{suffix}", rows / 1000),
         secs,
         3,
         value?,
@@ -164,12 +171,13 @@ fn main() -> Result<()> {
         "erank-10k" => erank_in_memory(10_000),
         "erank-100k" => erank_in_memory(100_000),
         "erank-10k-f32gram" => erank_f32_gram(10_000),
-        "erank-stream-100k" => erank_streaming(100_000),
+        "erank-stream-100k" => erank_streaming(100_000, GramPrecision::F64),
+        "erank-stream-100k-f32gram" => erank_streaming(100_000, GramPrecision::F32),
         "cka-50k" => cka_50k(),
         "adue-fit-6k" => adue_fit(),
         "mmd-perm-5k" => mmd_5k(),
         other => {
-            eprintln!("unknown work item '{other}' (erank-10k, erank-10k-f32gram, erank-100k, erank-stream-100k, cka-50k, adue-fit-6k, mmd-perm-5k)");
+            eprintln!("unknown work item '{other}' (erank-10k, erank-10k-f32gram, erank-100k, erank-stream-100k, erank-stream-100k-f32gram, cka-50k, adue-fit-6k, mmd-perm-5k)");
             std::process::exit(2)
         }
     }

@@ -30,6 +30,7 @@ ITEMS = [
     # the same fp32 reference, with replens's Gram product in f32 too (eigen-solve still f64)
     ("erank-10k-f32gram", "metrics", ["erank-10k-f32gram"], "bench_metrics.py", ["erank-10k"], 1e-4),
     ("erank-stream-100k", "metrics", ["erank-stream-100k"], "bench_metrics.py", ["erank-stream-100k"], 1e-5),
+    ("erank-stream-100k-f32gram", "metrics", ["erank-stream-100k-f32gram"], "bench_metrics.py", ["erank-stream-100k"], 1e-4),
     ("cka-50k", "metrics", ["cka-50k"], "bench_metrics.py", ["cka-50k"], 1e-4),
     ("mmd-perm-5k", "metrics", ["mmd-perm-5k"], "bench_metrics.py", ["mmd-perm-5k"], 1e-5),
     ("adue-fit-6k", "metrics", ["adue-fit-6k"], "bench_metrics.py", ["adue-fit-6k"], 1e-4),

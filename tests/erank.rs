@@ -415,6 +415,19 @@ fn accumulators_equal_batch() -> R {
         rep.erank
     );
 
+    // The same pooled eRank with each block's Gram product in f32, summed in f64: within f32
+    // rounding of the f64 answer, and the f32 blocks do change the arithmetic.
+    let mut cov = CovarianceAccumulator::new(d, Centring::Mean(means.mean()?))?
+        .with_precision(GramPrecision::F32);
+    for (b, &n) in blocks.iter().zip(&lens) {
+        cov.push(&t32(b, n, d))?;
+    }
+    let f32_blocks = cov.report()?.erank;
+    assert!(
+        rel(f32_blocks, batch) < 1e-6 && f32_blocks != batch,
+        "pooled with f32 blocks {f32_blocks} vs batch {batch}"
+    );
+
     // Per-block centring == eRank of the concatenated per-block-centred rows
     // (the single-row block is zero after its own centring and is skipped).
     let mut cov = CovarianceAccumulator::new(d, Centring::PerBlock)?;

@@ -296,7 +296,7 @@ fn non_finite(v: f64, pos: usize, d: usize) -> Error {
 }
 
 fn check_finite<T: Real>(data: &[T], d: usize) -> Result<()> {
-    match data.iter().position(|&v| !v.into().is_finite()) {
+    match replens_kernels::first_non_finite(data) {
         Some(pos) => Err(non_finite(data[pos].into(), pos, d)),
         None => Ok(()),
     }
@@ -752,6 +752,7 @@ pub enum Centring {
 pub struct CovarianceAccumulator {
     dim: usize,
     centring: Centring,
+    precision: GramPrecision,
     /// Σ z zᵀ on and above the diagonal blocks ([`replens_kernels::add_gram_upper`]).
     sum: Vec<f64>,
     rows: usize,
@@ -772,10 +773,31 @@ impl CovarianceAccumulator {
         Ok(Self {
             dim,
             centring,
+            precision: GramPrecision::F64,
             sum: vec![0.0; dim * dim],
             rows: 0,
             zero_rows: 0,
         })
+    }
+
+    /// The precision of each pushed block's Gram product (default f64). With
+    /// [`GramPrecision::F32`] a block's ZᵀZ is formed in f32 (the reference implementation's
+    /// precision, about twice as fast) and added to the running sum in f64, so rounding does
+    /// not grow with the number of blocks.
+    ///
+    /// ```
+    /// use replens::candle_core::{Device, Tensor};
+    /// use replens::metrics::erank::{erank, Centring, CovarianceAccumulator, GramPrecision};
+    /// let r = Tensor::new(&[[1f32, 0.], [-1., 0.], [0., 1.], [0., -1.]], &Device::Cpu)?;
+    /// let mut acc = CovarianceAccumulator::new(2, Centring::Mean(vec![0.0, 0.0]))?
+    ///     .with_precision(GramPrecision::F32);
+    /// acc.push(&r)?;
+    /// assert!((acc.report()?.erank - erank(&r)?).abs() < 1e-6);
+    /// # Ok::<(), replens::Error>(())
+    /// ```
+    pub fn with_precision(mut self, precision: GramPrecision) -> Self {
+        self.precision = precision;
+        self
     }
 
     /// Add a block of rows `(n, d)`.
@@ -796,18 +818,29 @@ impl CovarianceAccumulator {
                 &block_mean
             }
         };
-        let (z, used) = centred_unit_rows::<f64>(&rows, d, mean);
+        let (z, used) = unit_rows(&rows, d, mean, self.precision);
+        drop(rows);
         self.rows += n;
         self.zero_rows += n - used;
         // Blocks on and above the diagonal only; `report` mirrors them.
-        replens_kernels::add_gram_upper(
-            &mut self.sum,
-            &z,
-            used,
-            d,
-            GramOf::Columns,
-            gemm_threads(),
-        );
+        let threads = gemm_threads();
+        match z {
+            UnitRows::F64(z) => replens_kernels::add_gram_upper(
+                &mut self.sum,
+                &z,
+                used,
+                d,
+                GramOf::Columns,
+                threads,
+            ),
+            UnitRows::F32(z) => {
+                let mut g = vec![0.0f32; d * d];
+                replens_kernels::add_gram_upper(&mut g, &z, used, d, GramOf::Columns, threads);
+                for (s, v) in self.sum.iter_mut().zip(g) {
+                    *s += f64::from(v);
+                }
+            }
+        }
         Ok(())
     }
 

@@ -16,7 +16,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use replens_kernels::{tridiagonal_ql, tridiagonalise};
+use replens_kernels::{
+    add_cross, add_gram_upper, mirror_upper, tridiagonal_ql, tridiagonalise, GramOf,
+};
 
 use crate::error::{bail, Context, Error, Result};
 
@@ -345,66 +347,73 @@ fn shift_tensor(shift: Option<&[f64]>, d: usize, what: &str) -> Result<Option<Sh
     }
 }
 
-/// Column-block width of the symmetric chunk products: CᵀC is formed from the blocks on and
-/// above the diagonal only (for d = 768: 6 of 9 blocks, a third fewer flops than one full
-/// gemm), each block still large enough for gemm to run at full speed.
-const SYM_BLOCK: usize = 256;
+/// A chunk's values in its working precision (what [`shifted_chunk`] made it).
+enum ChunkValues {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
 
-/// acc (d × d) += upper block triangle of cᵀc for a `(rows, d)` chunk `c`. Entries below the
-/// diagonal blocks are left stale; [`mirror_upper`] makes the result symmetric.
+fn chunk_values(c: &Tensor) -> candle_core::Result<ChunkValues> {
+    let flat = c.flatten_all()?;
+    Ok(match c.dtype() {
+        DType::F32 => ChunkValues::F32(flat.to_vec1::<f32>()?),
+        _ => ChunkValues::F64(flat.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+    })
+}
+
+/// gemm's thread count: candle's, so that every product shares one setting.
+fn gemm_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// acc (d × d) += the blocks of cᵀc on and above the diagonal, for a `(rows, d)` chunk `c`
+/// ([`replens_kernels::add_gram_upper`]: a third fewer flops than a full product for d = 768,
+/// no temporaries in f64). Entries left of the diagonal blocks are left stale;
+/// [`replens_kernels::mirror_upper`] makes the result symmetric. An f32 chunk is multiplied in
+/// f32 and added to `acc` in f64.
 fn add_gram_chunk(acc: &mut [f64], d: usize, c: &Tensor) -> candle_core::Result<()> {
-    let nb = d.div_ceil(SYM_BLOCK);
-    if nb <= 1 {
-        return add_block(acc, d, 0, 0, &c.t()?.matmul(c)?);
-    }
-    let bounds: Vec<usize> = (0..=nb).map(|b| b * d / nb).collect();
-    let blocks: Vec<Tensor> = (0..nb)
-        .map(|b| c.narrow(1, bounds[b], bounds[b + 1] - bounds[b]))
-        .collect::<candle_core::Result<_>>()?;
-    for i in 0..nb {
-        let bit = blocks[i].t()?;
-        for j in i..nb {
-            add_block(acc, d, bounds[i], bounds[j], &bit.matmul(&blocks[j])?)?;
+    let (rows, _) = c.dims2()?;
+    match chunk_values(c)? {
+        ChunkValues::F64(z) => add_gram_upper(acc, &z, rows, d, GramOf::Columns, gemm_threads()),
+        ChunkValues::F32(z) => {
+            let mut g = vec![0.0f32; d * d];
+            add_gram_upper(&mut g, &z, rows, d, GramOf::Columns, gemm_threads());
+            add_f32(acc, &g);
         }
     }
     Ok(())
 }
 
-/// acc[r0.., c0..] += g, acc row-major with `ld` columns.
-fn add_block(
-    acc: &mut [f64],
-    ld: usize,
-    r0: usize,
-    c0: usize,
-    g: &Tensor,
-) -> candle_core::Result<()> {
-    let (h, w) = g.dims2()?;
-    let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    for (i, row) in g.chunks_exact(w).enumerate().take(h) {
-        let dst = &mut acc[(r0 + i) * ld + c0..(r0 + i) * ld + c0 + w];
-        for (a, v) in dst.iter_mut().zip(row) {
-            *a += v;
+/// acc (d1 × d2) += cxᵀcy for aligned `(rows, d1)` and `(rows, d2)` chunks of one precision.
+fn add_cross_chunk(acc: &mut [f64], cx: &Tensor, cy: &Tensor) -> candle_core::Result<()> {
+    let ((rows, d1), (_, d2)) = (cx.dims2()?, cy.dims2()?);
+    match (chunk_values(cx)?, chunk_values(cy)?) {
+        (ChunkValues::F64(x), ChunkValues::F64(y)) => {
+            add_cross(acc, &x, &y, rows, d1, d2, gemm_threads())
         }
+        (ChunkValues::F32(x), ChunkValues::F32(y)) => {
+            let mut g = vec![0.0f32; d1 * d2];
+            add_cross(&mut g, &x, &y, rows, d1, d2, gemm_threads());
+            add_f32(acc, &g);
+        }
+        _ => candle_core::bail!("cross product of chunks in two precisions"),
     }
     Ok(())
 }
 
-/// Copy the upper triangle of a square row-major matrix onto its lower triangle.
-fn mirror_upper(a: &mut [f64], d: usize) {
-    for i in 0..d {
-        for j in 0..i {
-            a[i * d + j] = a[j * d + i];
-        }
+fn add_f32(acc: &mut [f64], g: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(g) {
+        *a += f64::from(v);
     }
 }
 
 /// Gram matrix (X − 1sᵀ)ᵀ(X − 1sᵀ) (`d × d`, row-major f64) of a `(rows, d)` tensor, with an
 /// optional column shift s (pass the column means to get the centred scatter matrix).
 ///
-/// Computed chunk by chunk ([`GRAM_CHUNK_ROWS`] rows) with candle's gemm and accumulated in
+/// Computed chunk by chunk ([`GRAM_CHUNK_ROWS`] rows) with gemm and accumulated in
 /// f64; see [`Precision`] for the f32 / f64 trade-off. Only the blocks on and above the
-/// diagonal are multiplied (column blocks of 256), so the result is exactly symmetric and
-/// costs ~2/3 of a full gemm for d = 768.
+/// diagonal are multiplied (row blocks of 192), so the result is exactly symmetric and
+/// costs ~5/8 of a full gemm for d = 768.
 /// NaN / inf are *not* checked here (use [`column_means`] or [`matrix_f64`] first).
 pub fn gram_f64(x: &Tensor, shift: Option<&[f64]>, precision: Precision) -> Result<Vec<f64>> {
     let (n, d) = matrix_dims(x, "gram_f64: x")?;
@@ -447,8 +456,7 @@ pub fn cross_f64(
         let what = || format!("cross_f64: rows {r0}..{} of {n}", r0 + len);
         let cx = shifted_chunk(x, sx.as_ref(), r0, len, precision).context(what)?;
         let cy = shifted_chunk(y, sy.as_ref(), r0, len, precision).context(what)?;
-        let g = cx.t().and_then(|t| t.matmul(&cy)).context(what)?;
-        add_block(&mut acc, d2, 0, 0, &g).context(what)?;
+        add_cross_chunk(&mut acc, &cx, &cy).context(what)?;
         r0 += len;
     }
     Ok(acc)
@@ -556,8 +564,7 @@ impl PairMoments {
             add_column_sums(&mut self.sum_y, &cy, y, r0, &format!("{what}: y"))?;
             add_gram_chunk(&mut self.xx, d1, &cx).context(ctx)?;
             add_gram_chunk(&mut self.yy, d2, &cy).context(ctx)?;
-            let g = cx.t().and_then(|t| t.matmul(&cy)).context(ctx)?;
-            add_block(&mut self.xy, d2, 0, 0, &g).context(ctx)?;
+            add_cross_chunk(&mut self.xy, &cx, &cy).context(ctx)?;
             r0 += len;
         }
         mirror_upper(&mut self.xx, d1);

@@ -1,5 +1,7 @@
 //! Gram products and the row preparation of the eRank pipeline, on row-major slices.
 
+use rayon::prelude::*;
+
 /// The two float types the kernels take (f32 and f64).
 pub trait Real: Copy + Send + Sync + 'static + Into<f64> {
     /// 1 in this type.
@@ -10,6 +12,7 @@ pub trait Real: Copy + Send + Sync + 'static + Into<f64> {
 
 impl Real for f32 {
     const ONE: Self = 1.0;
+    #[inline]
     fn from_f64(x: f64) -> Self {
         x as f32
     }
@@ -17,6 +20,7 @@ impl Real for f32 {
 
 impl Real for f64 {
     const ONE: Self = 1.0;
+    #[inline]
     fn from_f64(x: f64) -> Self {
         x
     }
@@ -113,6 +117,65 @@ pub fn add_gram_upper<T: Real>(
     }
 }
 
+/// `dst += XᵀY` (`d1 × d2`, row-major) for the row-major `rows × d1` matrix `x` and
+/// `rows × d2` matrix `y`, as one `gemm` call adding into `dst` in place.
+///
+/// # Panics
+/// When a slice's length does not match its shape.
+///
+/// ```
+/// // X = [[1], [2]], Y = [[3, 4], [5, 6]]: XᵀY = [[13, 16]]
+/// let mut c = vec![1.0f64, 1.0];
+/// replens_kernels::add_cross(&mut c, &[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0], 2, 1, 2, 1);
+/// assert_eq!(c, vec![14.0, 17.0]);
+/// ```
+pub fn add_cross<T: Real>(
+    dst: &mut [T],
+    x: &[T],
+    y: &[T],
+    rows: usize,
+    d1: usize,
+    d2: usize,
+    threads: usize,
+) {
+    assert_eq!(x.len(), rows * d1, "add_cross: x is not rows × d1");
+    assert_eq!(y.len(), rows * d2, "add_cross: y is not rows × d2");
+    assert_eq!(dst.len(), d1 * d2, "add_cross: dst is not d1 × d2");
+    if rows == 0 || d1 == 0 || d2 == 0 {
+        return;
+    }
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three slices have exactly the lengths of their shapes (asserted above), and
+    // the strides below address X as d1 × rows (Xᵀ), Y as rows × d2 and dst as d1 × d2.
+    unsafe {
+        gemm::gemm(
+            d1,
+            d2,
+            rows,
+            dst.as_mut_ptr(),
+            1,
+            d2 as isize,
+            true,
+            x.as_ptr(),
+            d1 as isize,
+            1,
+            y.as_ptr(),
+            1,
+            d2 as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// Copies the upper triangle of the square row-major `a` (`n × n`) onto its lower triangle.
 pub fn mirror_upper<T: Copy>(a: &mut [T], n: usize) {
     for i in 1..n {
@@ -140,9 +203,18 @@ pub fn column_sums<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>, usize> {
     Ok(sum)
 }
 
+/// Index of the first NaN / infinite value of `x`, if any.
+pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
+    x.iter().position(|&v| !v.into().is_finite())
+}
+
+/// Below this many values [`centred_unit_rows`] runs on the calling thread.
+const PARALLEL_MIN: usize = 64 * 1024;
+
 /// Appends to `out` every row of `x` (row-major, width `d`) centred by `mean` and scaled to unit
 /// length, computed in f64 and rounded once to `U`, skipping rows whose centred norm is 0 or at
-/// most `zero_rel_tol · (‖row‖ + ‖mean‖)`. Returns how many rows were kept.
+/// most `zero_rel_tol · (‖row‖ + ‖mean‖)`. Returns how many rows were kept. Rows are shared
+/// among rayon's threads for large inputs (each row's arithmetic is the same either way).
 pub fn centred_unit_rows<T: Real, U: Real>(
     x: &[T],
     d: usize,
@@ -150,25 +222,48 @@ pub fn centred_unit_rows<T: Real, U: Real>(
     zero_rel_tol: f64,
     out: &mut Vec<U>,
 ) -> usize {
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let mean_norm = norm(mean);
-    let mut centred = vec![0.0f64; d];
-    let mut kept = 0;
-    for row in x.chunks_exact(d) {
-        let mut row_sq = 0.0;
-        for ((c, &v), &m) in centred.iter_mut().zip(row).zip(mean) {
+    assert_eq!(mean.len(), d, "centred_unit_rows: mean is not d wide");
+    let rows = x.len() / d.max(1);
+    let mean_norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
+    let start = out.len();
+    out.resize(start + rows * d, U::from_f64(0.0));
+    let dst = &mut out[start..];
+    let one_row = |(row, unit): (&[T], &mut [U])| -> bool {
+        let (mut row_sq, mut centred_sq) = (0.0f64, 0.0f64);
+        for (&v, &m) in row.iter().zip(mean) {
             let v: f64 = v.into();
             row_sq += v * v;
-            *c = v - m;
+            centred_sq += (v - m) * (v - m);
         }
-        let centred_norm = norm(&centred);
+        let centred_norm = centred_sq.sqrt();
         if centred_norm == 0.0 || centred_norm <= zero_rel_tol * (row_sq.sqrt() + mean_norm) {
-            continue;
+            return false;
         }
         let inv = 1.0 / centred_norm;
-        out.extend(centred.iter().map(|&c| U::from_f64(c * inv)));
-        kept += 1;
+        for ((u, &v), &m) in unit.iter_mut().zip(row).zip(mean) {
+            *u = U::from_f64((v.into() - m) * inv);
+        }
+        true
+    };
+    let keep: Vec<bool> = if x.len() >= PARALLEL_MIN {
+        x.par_chunks(d)
+            .zip(dst.par_chunks_mut(d))
+            .with_min_len(64)
+            .map(one_row)
+            .collect()
+    } else {
+        x.chunks(d).zip(dst.chunks_mut(d)).map(one_row).collect()
+    };
+    let mut kept = 0;
+    for (r, &k) in keep.iter().enumerate() {
+        if k {
+            if kept != r {
+                dst.copy_within(r * d..(r + 1) * d, kept * d);
+            }
+            kept += 1;
+        }
     }
+    out.truncate(start + kept * d);
     kept
 }
 
@@ -226,6 +321,30 @@ mod tests {
     }
 
     #[test]
+    fn cross_product_adds_xt_y() {
+        let (rows, d1, d2) = (300, 5, 7);
+        let x: Vec<f64> = (0..rows * d1)
+            .map(|i| ((i * 31) % 17) as f64 - 8.0)
+            .collect();
+        let y: Vec<f64> = (0..rows * d2)
+            .map(|i| ((i * 13) % 11) as f64 - 5.0)
+            .collect();
+        for threads in [1, 2] {
+            let mut c = vec![1.0; d1 * d2];
+            add_cross(&mut c, &x, &y, rows, d1, d2, threads);
+            for i in 0..d1 {
+                for j in 0..d2 {
+                    let want: f64 = 1.0
+                        + (0..rows)
+                            .map(|r| x[r * d1 + i] * y[r * d2 + j])
+                            .sum::<f64>();
+                    assert_eq!(c[i * d2 + j], want, "({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn centred_unit_rows_skip_zero_rows_and_normalise_the_rest() {
         let x = [1.0f32, 2.0, 3.0, 4.0, 2.0, 3.0];
         let mean: Vec<f64> = column_sums(&x, 2)
@@ -243,5 +362,28 @@ mod tests {
             assert!((o - w).abs() < 1e-15, "{out:?}");
         }
         assert_eq!(column_sums(&[1.0, f64::NAN, 0.0, 1.0], 2), Err(1));
+        assert_eq!(first_non_finite(&[1.0f32, 2.0, f32::INFINITY]), Some(2));
+
+        // Large enough for the parallel path: every third row equals the mean and is dropped,
+        // the kept rows come out in order, as the serial path computes them.
+        let (rows, d) = (3000, 64);
+        let x: Vec<f64> = (0..rows * d)
+            .map(|i| {
+                if (i / d) % 3 == 1 {
+                    0.0
+                } else {
+                    ((i * 37) % 101) as f64 - 50.0
+                }
+            })
+            .collect();
+        let zero_mean = vec![0.0; d];
+        let mut parallel: Vec<f32> = Vec::new();
+        let kept = centred_unit_rows(&x, d, &zero_mean, 1e-12, &mut parallel);
+        assert_eq!(kept, 2000);
+        let mut serial: Vec<f32> = Vec::new();
+        for row in x.chunks(d) {
+            centred_unit_rows(row, d, &zero_mean, 1e-12, &mut serial);
+        }
+        assert_eq!(parallel, serial);
     }
 }

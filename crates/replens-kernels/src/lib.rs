@@ -25,7 +25,8 @@ use rayon::prelude::*;
 mod gram;
 mod rowwise;
 pub use gram::{
-    add_gram_upper, centred_unit_rows, column_sums, mirror_upper, GramOf, Real, GRAM_BLOCK,
+    add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, mirror_upper,
+    GramOf, Real, GRAM_BLOCK,
 };
 pub use rowwise::{add, rms_norm, silu_mul};
 
