@@ -383,6 +383,24 @@ impl Norm {
 
     /// Normalise the last dimension.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_sum(x, None)
+    }
+
+    /// Normalise `x + residual` (or `x`) over the last dimension. f64 CPU inference runs as one
+    /// fused kernel computing the same operations ([`super::fast::add_layer_norm`]).
+    fn forward_sum(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        if let Some(y) =
+            super::fast::add_layer_norm(x, residual, &self.weight, &self.bias, self.eps)?
+        {
+            return Ok(y);
+        }
+        match residual {
+            Some(r) => self.forward_generic(&(x + r)?),
+            None => self.forward_generic(x),
+        }
+    }
+
+    fn forward_generic(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
         let centred = x.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
@@ -425,6 +443,26 @@ struct Layer {
 }
 
 impl Layer {
+    /// `act(h · W + b)` of `BertIntermediate`. Without an adapter, f64 CPU inference with the
+    /// exact GELU adds the bias and applies the GELU in one fused kernel
+    /// ([`super::fast::bias_gelu`]), computing the same values as the separate ops.
+    fn intermediate_activation(
+        &self,
+        h: &Tensor,
+        act: HiddenAct,
+        pass: Pass,
+    ) -> candle_core::Result<Tensor> {
+        let dense = &self.intermediate;
+        if pass.adapter.is_none() && matches!(act, HiddenAct::Gelu) {
+            let xw = h.matmul(&dense.w_t)?;
+            if let Some(y) = super::fast::bias_gelu(&xw, &dense.b)? {
+                return Ok(y);
+            }
+            return act.apply(&xw.broadcast_add(&dense.b)?);
+        }
+        act.apply(&dense.forward_adapted(h, pass.site(BertLinear::Intermediate))?)
+    }
+
     fn dense(&self, which: BertLinear) -> &Dense {
         match which {
             BertLinear::Query => &self.attention.query,
@@ -720,14 +758,20 @@ impl Attention {
                 .forward_adapted(x, pass.site(BertLinear::Value))?,
         )?;
         // HF eager_attention_forward: (q · kᵀ) * head_dim^-0.5, + mask, softmax.
-        let scores = (q.matmul(&k.t()?)? * (head_dim as f64).powf(-0.5))?;
-        let masked = scores.broadcast_add(bias)?;
-        // Inference keeps the fused kernel (what the parity tests pin down); training needs a
-        // softmax with a backward. The two agree to a few ulp.
-        let probs = if pass.train {
-            softmax_differentiable(&masked)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&masked)?
+        let scale = (head_dim as f64).powf(-0.5);
+        let raw = q.matmul(&k.t()?)?;
+        let probs = match super::fast::scaled_masked_softmax(&raw, bias, scale)? {
+            Some(probs) => probs,
+            None => {
+                let masked = (raw * scale)?.broadcast_add(bias)?;
+                // Inference keeps the fused kernel (what the parity tests pin down); training
+                // needs a softmax with a backward. The two agree to a few ulp.
+                if pass.train {
+                    softmax_differentiable(&masked)?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&masked)?
+                }
+            }
         };
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, d))?;
         self.out
@@ -846,13 +890,13 @@ impl Bert {
                 .forward(&x, &bias, bt, n_heads, self.head_dim, pass)
                 .context(|| ctx("attention"))?;
             record(&mut cache, hooks, HookPoint::AttnOut(i), &attn, bt)?;
-            let h = (attn + &x)
-                .and_then(|y| layer.attention.norm.forward(&y))
+            let h = layer
+                .attention
+                .norm
+                .forward_sum(&attn, Some(&x))
                 .context(|| ctx("attention.output.LayerNorm"))?;
             let mlp = layer
-                .intermediate
-                .forward_adapted(&h, pass.site(BertLinear::Intermediate))
-                .and_then(|y| self.cfg.hidden_act.apply(&y))
+                .intermediate_activation(&h, self.cfg.hidden_act, pass)
                 .and_then(|y| {
                     layer
                         .output
@@ -860,8 +904,9 @@ impl Bert {
                 })
                 .context(|| ctx("intermediate/output dense"))?;
             record(&mut cache, hooks, HookPoint::MlpOut(i), &mlp, bt)?;
-            x = (mlp + &h)
-                .and_then(|y| layer.output_norm.forward(&y))
+            x = layer
+                .output_norm
+                .forward_sum(&mlp, Some(&h))
                 .context(|| ctx("output.LayerNorm"))?;
             record(&mut cache, hooks, HookPoint::ResidPost(i), &x, bt)?;
         }
@@ -955,6 +1000,87 @@ mod tests {
         .unwrap();
         cfg.is_roberta = is_roberta;
         cfg
+    }
+
+    /// Deterministic f64 values in about [-scale, scale], some large (BERT's outlier features).
+    fn values(n: usize, seed: u64, scale: f64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+                if i % 97 == 0 {
+                    200.0 * u
+                } else {
+                    2.0 * scale * u
+                }
+            })
+            .collect()
+    }
+
+    fn f64_tensor(v: Vec<f64>, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+    }
+
+    fn bits(t: &Tensor) -> Vec<u64> {
+        t.flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+            .into_iter()
+            .map(f64::to_bits)
+            .collect()
+    }
+
+    /// The fused f64 kernels of the inference pass compute what the candle ops computed, to the
+    /// bit, below and above the kernels' parallel threshold.
+    #[test]
+    fn fused_encoder_kernels_equal_the_candle_ops_bit_for_bit() {
+        let d = 384;
+        for rows in [3, 200] {
+            let norm = Norm {
+                weight: f64_tensor(values(d, 1, 1.0), &[d]),
+                bias: f64_tensor(values(d, 2, 0.1), &[d]),
+                eps: 1e-12,
+            };
+            let x = f64_tensor(values(rows * d, 3, 3.0), &[rows, d]);
+            let r = f64_tensor(values(rows * d, 4, 3.0), &[rows, d]);
+            let fused = norm.forward_sum(&x, Some(&r)).unwrap();
+            let generic = norm.forward_generic(&(&x + &r).unwrap()).unwrap();
+            assert_eq!(bits(&fused), bits(&generic), "add + LayerNorm, {rows} rows");
+            let fused = norm.forward(&x).unwrap();
+            assert_eq!(bits(&fused), bits(&norm.forward_generic(&x).unwrap()));
+
+            let b = f64_tensor(values(4 * d, 5, 0.5), &[4 * d]);
+            let xw = f64_tensor(values(rows * 4 * d, 6, 4.0), &[rows, 4 * d]);
+            let fused = super::super::fast::bias_gelu(&xw, &b).unwrap().unwrap();
+            let generic = xw.broadcast_add(&b).unwrap().gelu_erf().unwrap();
+            assert_eq!(bits(&fused), bits(&generic), "bias + GELU, {rows} rows");
+        }
+        // (batch 3, heads 4, 40 queries, 40 keys), the last keys of two rows masked as padding.
+        let (b, h, t) = (3, 4, 40);
+        let scores = f64_tensor(values(b * h * t * t, 7, 30.0), &[b, h, t, t]);
+        let mask: Vec<f64> = (0..b * t)
+            .map(|i| {
+                if i % t >= t - 5 * (i / t) {
+                    f64::from(f32::MIN)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = f64_tensor(mask, &[b, 1, 1, t]);
+        let scale = 0.125;
+        let fused = super::super::fast::scaled_masked_softmax(&scores, &mask, scale)
+            .unwrap()
+            .unwrap();
+        let generic = candle_nn::ops::softmax_last_dim(
+            &(&scores * scale).unwrap().broadcast_add(&mask).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(bits(&fused), bits(&generic), "scaled masked softmax");
     }
 
     #[test]

@@ -10,21 +10,22 @@
 //! Each function returns `None` when its inputs are not plain f32 CPU tensors, or when autograd
 //! tracks them; callers then run the generic candle ops, which compute the same values.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, WithDType};
 
-/// Whether `t` can take a fast path: f32, on the CPU, not tracked by autograd.
-fn eligible(t: &Tensor) -> bool {
-    t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op()
+/// Whether `t` can take a fast path in `dtype`: of that dtype, on the CPU, not tracked by
+/// autograd.
+fn eligible(t: &Tensor, dtype: DType) -> bool {
+    t.dtype() == dtype && t.device().is_cpu() && !t.track_op()
 }
 
-/// Runs `f` on the f32 contents of `tensors` (made contiguous) and wraps its output in a tensor
-/// of `shape` on their device. `None` when any tensor is not [`eligible`].
-fn with_f32(
+/// Runs `f` on the contents of `tensors` (made contiguous), all of type `T`, and wraps its
+/// output in a tensor of `shape` on their device. `None` when any tensor is not [`eligible`].
+fn with_cpu<T: WithDType>(
     tensors: &[&Tensor],
     shape: &[usize],
-    f: impl FnOnce(&[&[f32]], &mut [f32]),
+    f: impl FnOnce(&[&[T]], &mut [T]),
 ) -> candle_core::Result<Option<Tensor>> {
-    if !tensors.iter().all(|t| eligible(t)) {
+    if !tensors.iter().all(|t| eligible(t, T::DTYPE)) {
         return Ok(None);
     }
     let contiguous = tensors
@@ -41,7 +42,7 @@ fn with_f32(
             return Ok(None);
         };
         let start = layout.start_offset();
-        let data = cpu.as_slice::<f32>()?;
+        let data = cpu.as_slice::<T>()?;
         let end = start + tensor.elem_count();
         if end > data.len() {
             candle_core::bail!(
@@ -51,11 +52,20 @@ fn with_f32(
         }
         slices.push(&data[start..end]);
     }
-    let mut out = vec![0f32; shape.iter().product()];
+    let mut out = vec![T::zero(); shape.iter().product()];
     f(&slices, &mut out);
     let device = tensors[0].device().clone();
     drop(guards);
     Ok(Some(Tensor::from_vec(out, shape, &device)?))
+}
+
+/// [`with_cpu`] for f32 tensors (the decoders' fast paths).
+fn with_f32(
+    tensors: &[&Tensor],
+    shape: &[usize],
+    f: impl FnOnce(&[&[f32]], &mut [f32]),
+) -> candle_core::Result<Option<Tensor>> {
+    with_cpu(tensors, shape, f)
 }
 
 /// `a + b` for two tensors of the same shape.
@@ -154,6 +164,61 @@ pub(crate) fn blocked_matmul(
             }
             start += len;
         }
+    })
+}
+
+/// HF `nn.LayerNorm` of `a + b` (or of `a`) over the last dimension, in f64 (the BERT family's
+/// compute precision): [`replens_kernels::add_layer_norm`].
+pub(crate) fn add_layer_norm(
+    a: &Tensor,
+    b: Option<&Tensor>,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let width = weight.elem_count();
+    if weight.rank() != 1
+        || bias.dims() != weight.dims()
+        || a.dims().last() != Some(&width)
+        || width == 0
+        || b.is_some_and(|b| b.dims() != a.dims())
+    {
+        return Ok(None);
+    }
+    let mut inputs = vec![a, weight, bias];
+    inputs.extend(b);
+    with_cpu(&inputs, a.dims(), |s, out| {
+        replens_kernels::add_layer_norm(s[0], s.get(3).copied(), s[1], s[2], eps, out)
+    })
+}
+
+/// `gelu_erf(xw + bias)` for `xw` `(rows, width)` and `bias` `(width,)`, in f64:
+/// [`replens_kernels::bias_gelu`].
+pub(crate) fn bias_gelu(xw: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let width = bias.elem_count();
+    if bias.rank() != 1 || xw.dims().last() != Some(&width) || width == 0 {
+        return Ok(None);
+    }
+    with_cpu(&[xw, bias], xw.dims(), |s, out| {
+        replens_kernels::bias_gelu(s[0], s[1], out)
+    })
+}
+
+/// `softmax(scores · scale + key_bias)` for attention scores `(b, h, q, k)` and an additive key
+/// mask `(b, 1, 1, k)`, in f64: [`replens_kernels::scaled_masked_softmax`].
+pub(crate) fn scaled_masked_softmax(
+    scores: &Tensor,
+    key_bias: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    let Ok((b, h, q, k)) = scores.dims4() else {
+        return Ok(None);
+    };
+    if key_bias.dims() != [b, 1, 1, k] || k == 0 {
+        return Ok(None);
+    }
+    with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
+        replens_kernels::scaled_masked_softmax(s[0], s[1], scale, (b, h, q, k), out)
     })
 }
 

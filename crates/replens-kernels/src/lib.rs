@@ -22,8 +22,10 @@
 
 use rayon::prelude::*;
 
+mod encoder;
 mod gram;
 mod rowwise;
+pub use encoder::{add_layer_norm, bias_gelu, scaled_masked_softmax};
 pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, mirror_upper,
     GramOf, Real, GRAM_BLOCK,
