@@ -759,7 +759,7 @@ impl Attention {
         )?;
         // HF eager_attention_forward: (q · kᵀ) * head_dim^-0.5, + mask, softmax.
         let scale = (head_dim as f64).powf(-0.5);
-        let raw = q.matmul(&k.t()?)?;
+        let raw = super::fast::matmul(&q, &k.t()?)?;
         let probs = match super::fast::scaled_masked_softmax(&raw, bias, scale)? {
             Some(probs) => probs,
             None => {
@@ -773,7 +773,9 @@ impl Attention {
                 }
             }
         };
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, d))?;
+        let ctx = super::fast::matmul(&probs, &v)?
+            .transpose(1, 2)?
+            .reshape((b * t, d))?;
         self.out
             .forward_adapted(&ctx, pass.site(BertLinear::AttentionOutput))
     }

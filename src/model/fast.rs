@@ -11,6 +11,7 @@
 //! tracks them; callers then run the generic candle ops, which compute the same values.
 
 use candle_core::{DType, Tensor, WithDType};
+use rayon::prelude::*;
 
 /// Whether `t` can take a fast path in `dtype`: of that dtype, on the CPU, not tracked by
 /// autograd.
@@ -222,9 +223,178 @@ pub(crate) fn scaled_masked_softmax(
     })
 }
 
+/// Strides of a batched matrix operand: (batch count, batch stride, row stride, column stride),
+/// when its leading dimensions collapse into one batch dimension with a constant stride.
+fn batch_strides(dims: &[usize], stride: &[usize]) -> Option<(usize, usize, usize, usize)> {
+    let r = dims.len();
+    if r < 3 {
+        return None;
+    }
+    let batches: usize = dims[..r - 2].iter().product();
+    for i in 0..r - 3 {
+        if dims[i + 1] > 1 && stride[i] != stride[i + 1] * dims[i + 1] {
+            return None;
+        }
+    }
+    Some((batches, stride[r - 3], stride[r - 2], stride[r - 1]))
+}
+
+/// `a · b` for batched operands `(…, m, k)` and `(…, k, n)` with the same leading dimensions (any
+/// strides, e.g. a transposed view), as candle computes it — one `gemm` call per batch element
+/// with the same operands, so the same values — but with the batch elements (the attention's
+/// heads) shared among rayon's threads, each product on one thread, instead of every small
+/// product split across all threads in turn. `None` when the operands are not plain f32 / f64
+/// CPU tensors, need broadcasting, or have fewer than 2 batch elements or a number that does not
+/// share out evenly among the threads.
+pub(crate) fn batched_matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    match a.dtype() {
+        DType::F32 => batched_matmul_as::<f32>(a, b),
+        DType::F64 => batched_matmul_as::<f64>(a, b),
+        _ => Ok(None),
+    }
+}
+
+fn batched_matmul_as<T: WithDType>(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let (ad, bd) = (a.dims(), b.dims());
+    let r = ad.len();
+    if !eligible(a, T::DTYPE)
+        || !eligible(b, T::DTYPE)
+        || r < 3
+        || bd.len() != r
+        || ad[..r - 2] != bd[..r - 2]
+        || ad[r - 1] != bd[r - 2]
+    {
+        return Ok(None);
+    }
+    let (m, k, n) = (ad[r - 2], ad[r - 1], bd[r - 1]);
+    let (a_guard, a_layout) = a.storage_and_layout();
+    let (b_guard, b_layout) = b.storage_and_layout();
+    let (Some(sa), Some(sb)) = (
+        batch_strides(ad, a_layout.stride()),
+        batch_strides(bd, b_layout.stride()),
+    ) else {
+        return Ok(None);
+    };
+    let batches = sa.0;
+    // Whole products per thread: with, say, 9 heads on 2 threads one thread would do 5 products
+    // while candle's split of each product keeps both busy, so the batch must divide evenly (or
+    // be large enough that the uneven share is small).
+    let threads = rayon::current_num_threads();
+    let balanced = batches.is_multiple_of(threads) || batches >= 8 * threads;
+    if batches < 2 || !balanced || m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    let (candle_core::Storage::Cpu(ca), candle_core::Storage::Cpu(cb)) = (&*a_guard, &*b_guard)
+    else {
+        return Ok(None);
+    };
+    let (da, db) = (ca.as_slice::<T>()?, cb.as_slice::<T>()?);
+    // The last element each operand addresses must lie inside its storage.
+    let last = |start: usize, (count, bs, rs, cs): (usize, usize, usize, usize), rows, cols| {
+        start + (count - 1) * bs + (rows - 1) * rs + (cols - 1) * cs
+    };
+    if last(a_layout.start_offset(), sa, m, k) >= da.len()
+        || last(b_layout.start_offset(), sb, k, n) >= db.len()
+    {
+        candle_core::bail!("batched matmul: operand layout outside its storage");
+    }
+    let (pa, pb) = (
+        SendPtr(da[a_layout.start_offset()..].as_ptr()),
+        SendPtr(db[b_layout.start_offset()..].as_ptr()),
+    );
+    let mut out = vec![T::zero(); batches * m * n];
+    out.par_chunks_mut(m * n).enumerate().for_each(|(i, dst)| {
+        let (pa, pb) = (&pa, &pb);
+        // SAFETY: batch i of each operand starts i batch strides in and spans the rows and
+        // columns checked against the storage length above; dst is this batch's m × n block.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                pa.0.add(i * sa.1),
+                sa.3 as isize,
+                sa.2 as isize,
+                pb.0.add(i * sb.1),
+                sb.3 as isize,
+                sb.2 as isize,
+                T::zero(),
+                T::one(),
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    drop((a_guard, b_guard));
+    let mut shape = ad[..r - 1].to_vec();
+    shape.push(n);
+    Ok(Some(Tensor::from_vec(out, shape, a.device())?))
+}
+
+/// `a.matmul(b)` through [`batched_matmul`] where it applies, else candle's.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    match batched_matmul(a, b)? {
+        Some(y) => Ok(y),
+        None => a.matmul(b),
+    }
+}
+
+/// A read-only pointer shared with rayon's threads (the storage guards outlive the loop).
+struct SendPtr<T>(*const T);
+// SAFETY: only read through, while the storage read guards are held by the caller.
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batched_matmul_equals_candles_bit_for_bit() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for dtype in [DType::F32, DType::F64] {
+            // attention-sized heads and a small odd case; b contiguous and as a transposed view
+            let threads = rayon::current_num_threads();
+            for (batch, heads, m, k, n) in [(threads, 4, 128, 64, 128), (threads * 2, 1, 5, 7, 3)] {
+                let a = Tensor::randn(0f32, 1., (batch, heads, m, k), &dev)?.to_dtype(dtype)?;
+                let b = Tensor::randn(0f32, 1., (batch, heads, k, n), &dev)?.to_dtype(dtype)?;
+                let bt = Tensor::randn(0f32, 1., (batch, heads, n, k), &dev)?.to_dtype(dtype)?;
+                for rhs in [b, bt.t()?] {
+                    let fast = batched_matmul(&a, &rhs)?.expect("eligible");
+                    let want = a.matmul(&rhs)?;
+                    assert_eq!(fast.dims(), want.dims());
+                    let diff = (fast.to_dtype(DType::F64)? - want.to_dtype(DType::F64)?)?
+                        .abs()?
+                        .flatten_all()?
+                        .max(0)?
+                        .to_scalar::<f64>()?;
+                    assert_eq!(diff, 0.0, "{dtype:?} {batch}x{heads}x{m}x{k}x{n}");
+                }
+            }
+        }
+        // Not taken: heads that do not share out evenly, a tracked operand, broadcasting, a single
+        // matrix.
+        let threads = rayon::current_num_threads();
+        if threads > 1 {
+            let uneven = Tensor::randn(0f32, 1., (threads + 1, 4, 3), &dev)?;
+            let rhs = Tensor::randn(0f32, 1., (threads + 1, 3, 5), &dev)?;
+            assert!(batched_matmul(&uneven, &rhs)?.is_none());
+        }
+        let a = Tensor::randn(0f32, 1., (2, 4, 3), &dev)?;
+        let v = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 5), &dev)?)?;
+        assert!(batched_matmul(&a, v.as_tensor())?.is_none());
+        let b1 = Tensor::randn(0f32, 1., (1, 3, 5), &dev)?;
+        assert!(batched_matmul(&a, &b1)?.is_none());
+        let single = Tensor::randn(0f32, 1., (4, 3), &dev)?;
+        assert!(batched_matmul(&single, &Tensor::randn(0f32, 1., (3, 5), &dev)?)?.is_none());
+        Ok(())
+    }
     use candle_core::{Device, Var, D};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {

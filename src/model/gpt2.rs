@@ -668,10 +668,10 @@ pub(crate) fn attend_with(
     grad: bool,
 ) -> candle_core::Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
+    // Heads on rayon's threads where the operands allow it (training tensors take candle's).
+    let scores = (super::fast::matmul(q, &k.t()?.contiguous()?)? * scale)?.broadcast_add(bias)?;
     let probs = softmax_last(&scores, grad)?;
-    probs
-        .matmul(v)?
+    super::fast::matmul(&probs, v)?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((b, t, h * hd))

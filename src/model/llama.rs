@@ -505,9 +505,10 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // kᵀ made contiguous: with a transposed view, `gemm` picks kernels by sequence length and
         // a real token's scores would change in the last bits when padding lengthens the batch.
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+        let scores =
+            (super::fast::matmul(&q, &k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?;
+        let out = super::fast::matmul(&probs, &v.contiguous()?)?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, t, self.n_heads * self.head_dim))?;
