@@ -27,7 +27,8 @@
 //!
 //! # Implementation choices
 //! * The non-zero spectrum of ZᵀZ (d × d) equals that of ZZᵀ (N × N); the smaller side is
-//!   used ([`Side::Auto`]). The Gram product is built with candle's matmul in f64 by default
+//!   used ([`Side::Auto`]). The Gram product (its upper triangle, mirrored) is computed by
+//!   `gemm` in f64 by default
 //!   (f32 Gram is available through [`GramPrecision::F32`], but it leaves eigenvalue noise of
 //!   ~1e-8 in place of exact zeros, which moves the entropy of a low-rank matrix by ~1e-4).
 //! * Eigenvalues: Householder tridiagonalisation followed by implicit QL

@@ -1,15 +1,19 @@
-//! The O(n³) dense kernels behind replens's symmetric eigen-solver (Householder
-//! tridiagonalisation and implicit QL with Wilkinson shifts; Golub & Van Loan, *Matrix
-//! Computations*, 4th ed., §8.3, the EISPACK `tred2`/`tql2` scheme), on row-major `f64`
-//! slices, and the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`],
-//! [`silu_mul`]) behind `replens`'s f32 CPU forward pass.
+//! The dense kernels of replens, on row-major slices:
+//! * the O(n³) kernels behind its symmetric eigen-solver (Householder tridiagonalisation and
+//!   implicit QL with Wilkinson shifts; Golub & Van Loan, *Matrix Computations*, 4th ed., §8.3,
+//!   the EISPACK `tred2`/`tql2` scheme), in `f64`;
+//! * Gram and cross products written in place by `gemm` ([`add_gram_upper`], [`add_cross`]) and
+//!   the row preparation of eRank ([`column_sums`], [`centred_unit_rows`]);
+//! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
+//!   f64 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
+//!   [`scaled_masked_softmax`]) behind `replens`'s CPU inference passes.
 //!
 //! They live in their own crate only for build reasons: replens's dev/test profile compiles the
 //! main crate at opt-level 1 (fast builds), which leaves these loops scalar and bounds-checked,
 //! while this crate is built at opt-level 3 (see replens's `Cargo.toml`). The checked, documented
 //! entry points are `replens::metrics::linalg::symmetric_eigen` and
-//! `replens::metrics::erank::symmetric_eigenvalues`; the row-wise kernels are called by the Llama
-//! forward pass (`replens::model::llama`).
+//! `replens::metrics::erank::symmetric_eigenvalues`; the Gram kernels by `replens::metrics`
+//! (eRank, CKA); the row-wise kernels by the Llama and BERT forward passes (`replens::model`).
 //!
 //! ```
 //! // eigenvalues of [[2, 1], [1, 2]]: 3 and 1
