@@ -50,11 +50,11 @@
 //! It is *not* invariant to scaling individual rows: centring happens before
 //! normalisation, so a per-row scale changes the centred matrix.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use replens_kernels::{GramOf, Real};
 
 use crate::error::{Context, Error, Result};
-use crate::metrics::linalg;
+use crate::metrics::linalg::{self, Values};
 use crate::metrics::stats::{paired_bootstrap_ci, Ci};
 
 /// Relative tolerance under which a centred row counts as zero (see the module docs).
@@ -243,16 +243,10 @@ fn spectrum_entropy(eigenvalues: &[f64]) -> Result<(f64, Vec<f64>)> {
     Ok((h.max(0.0), lam))
 }
 
-/// The values of a `(N, d)` representation, row-major: f32 input as it is (half the memory of
-/// an f64 copy; every later step still computes in f64), any other dtype as f64.
-enum Rows {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-/// Read a `(N, d)` tensor of any float dtype (see [`Rows`]); NaN / inf are checked later, by
+/// Read a `(N, d)` tensor of any float dtype, f32 as it is (half the memory of an f64 copy;
+/// every later step still computes in f64); NaN / inf are checked later, by
 /// [`finite_column_means`] or [`check_rows_finite`].
-fn read_rows(r: &Tensor) -> Result<(Rows, usize, usize)> {
+fn read_rows(r: &Tensor) -> Result<(Values, usize, usize)> {
     let (n, d) = r.dims2().map_err(|_| {
         Error::InvalidInput(format!(
             "eRank expects a 2-D (tokens, d) tensor, got shape {:?}",
@@ -265,20 +259,7 @@ fn read_rows(r: &Tensor) -> Result<(Rows, usize, usize)> {
             r.dims()
         )));
     }
-    let what = || format!("eRank: reading the {n}x{d} representation");
-    let rows = match r.dtype() {
-        DType::F32 => Rows::F32(
-            r.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .context(what)?,
-        ),
-        _ => Rows::F64(
-            r.to_dtype(DType::F64)
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f64>())
-                .context(what)?,
-        ),
-    };
+    let rows = Values::of(r).context(|| format!("eRank: reading the {n}x{d} representation"))?;
     Ok((rows, n, d))
 }
 
@@ -303,26 +284,26 @@ fn check_finite<T: Real>(data: &[T], d: usize) -> Result<()> {
     }
 }
 
-fn check_rows_finite(rows: &Rows, d: usize) -> Result<()> {
+fn check_rows_finite(rows: &Values, d: usize) -> Result<()> {
     match rows {
-        Rows::F32(x) => check_finite(x, d),
-        Rows::F64(x) => check_finite(x, d),
+        Values::F32(x) => check_finite(x, d),
+        Values::F64(x) => check_finite(x, d),
     }
 }
 
 /// Column sums of the rows, checking every value is finite on the way.
-fn finite_column_sums(rows: &Rows, d: usize) -> Result<Vec<f64>> {
+fn finite_column_sums(rows: &Values, d: usize) -> Result<Vec<f64>> {
     fn of<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>> {
         replens_kernels::column_sums(x, d).map_err(|pos| non_finite(x[pos].into(), pos, d))
     }
     match rows {
-        Rows::F32(x) => of(x, d),
-        Rows::F64(x) => of(x, d),
+        Values::F32(x) => of(x, d),
+        Values::F64(x) => of(x, d),
     }
 }
 
 /// Column means of the `n` rows (zeros when there are none), checking every value is finite.
-fn finite_column_means(rows: &Rows, n: usize, d: usize) -> Result<Vec<f64>> {
+fn finite_column_means(rows: &Values, n: usize, d: usize) -> Result<Vec<f64>> {
     let inv = 1.0 / n.max(1) as f64;
     Ok(finite_column_sums(rows, d)?
         .into_iter()
@@ -332,41 +313,25 @@ fn finite_column_means(rows: &Rows, n: usize, d: usize) -> Result<Vec<f64>> {
 
 /// Centre every row by `mean`, drop zero rows (see [`ZERO_ROW_REL_TOL`]), L2-normalise the
 /// rest, in f64, rounded once to `U`. Returns the kept unit rows (row-major) and their count.
-fn centred_unit_rows<U: Real>(rows: &Rows, d: usize, mean: &[f64]) -> (Vec<U>, usize) {
+fn centred_unit_rows<U: Real>(rows: &Values, d: usize, mean: &[f64]) -> (Vec<U>, usize) {
     let mut z = Vec::new();
     let kept = match rows {
-        Rows::F32(x) => {
-            z.reserve(x.len());
-            replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z)
-        }
-        Rows::F64(x) => {
-            z.reserve(x.len());
-            replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z)
-        }
+        Values::F32(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
+        Values::F64(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
     };
     (z, kept)
 }
 
-/// gemm's thread count: candle's, so that every product shares one setting.
-fn gemm_threads() -> usize {
-    candle_core::utils::get_num_threads()
-}
-
-/// Centred unit rows in the precision of the Gram product.
-enum UnitRows {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-fn unit_rows(rows: &Rows, d: usize, mean: &[f64], precision: GramPrecision) -> (UnitRows, usize) {
+/// Centred unit rows (see [`centred_unit_rows`]) in the precision of the Gram product.
+fn unit_rows(rows: &Values, d: usize, mean: &[f64], precision: GramPrecision) -> (Values, usize) {
     match precision {
         GramPrecision::F64 => {
             let (z, used) = centred_unit_rows(rows, d, mean);
-            (UnitRows::F64(z), used)
+            (Values::F64(z), used)
         }
         GramPrecision::F32 => {
             let (z, used) = centred_unit_rows(rows, d, mean);
-            (UnitRows::F32(z), used)
+            (Values::F32(z), used)
         }
     }
 }
@@ -374,25 +339,17 @@ fn unit_rows(rows: &Rows, d: usize, mean: &[f64], precision: GramPrecision) -> (
 /// ZᵀZ (d×d) or ZZᵀ (n×n) of the `n` unit rows, divided by n (as in the paper; the scale does
 /// not matter after trace normalisation). Returned row-major in f64. Only the blocks on and
 /// above the diagonal are multiplied ([`replens_kernels::add_gram_upper`]), then mirrored.
-fn gram_matrix(z: &UnitRows, n: usize, d: usize, side: Side) -> Vec<f64> {
-    fn of<U: Real>(z: &[U], n: usize, d: usize, side: Side) -> Vec<U> {
-        let (m, of) = match side {
-            Side::Gram => (n, GramOf::Rows),
-            Side::Covariance | Side::Auto => (d, GramOf::Columns),
-        };
-        let mut g = vec![U::from_f64(0.0); m * m];
-        replens_kernels::add_gram_upper(&mut g, z, n, d, of, gemm_threads());
-        replens_kernels::mirror_upper(&mut g, m);
-        g
-    }
+fn gram_matrix(z: &Values, n: usize, d: usize, side: Side) -> Vec<f64> {
+    let (m, of) = match side {
+        Side::Gram => (n, GramOf::Rows),
+        Side::Covariance | Side::Auto => (d, GramOf::Columns),
+    };
+    let mut g = vec![0.0; m * m];
+    z.add_gram_upper_to(&mut g, n, d, of);
+    replens_kernels::mirror_upper(&mut g, m);
     let inv = 1.0 / n as f64;
-    match z {
-        UnitRows::F64(z) => of(z, n, d, side).into_iter().map(|v| v * inv).collect(),
-        UnitRows::F32(z) => of(z, n, d, side)
-            .into_iter()
-            .map(|v| f64::from(v) * inv)
-            .collect(),
-    }
+    g.iter_mut().for_each(|v| *v *= inv);
+    g
 }
 
 /// All eigenvalues of a real symmetric `n x n` matrix (row-major), sorted descending.
@@ -824,24 +781,7 @@ impl CovarianceAccumulator {
         self.rows += n;
         self.zero_rows += n - used;
         // Blocks on and above the diagonal only; `report` mirrors them.
-        let threads = gemm_threads();
-        match z {
-            UnitRows::F64(z) => replens_kernels::add_gram_upper(
-                &mut self.sum,
-                &z,
-                used,
-                d,
-                GramOf::Columns,
-                threads,
-            ),
-            UnitRows::F32(z) => {
-                let mut g = vec![0.0f32; d * d];
-                replens_kernels::add_gram_upper(&mut g, &z, used, d, GramOf::Columns, threads);
-                for (s, v) in self.sum.iter_mut().zip(g) {
-                    *s += f64::from(v);
-                }
-            }
-        }
+        z.add_gram_upper_to(&mut self.sum, used, d, GramOf::Columns);
         Ok(())
     }
 

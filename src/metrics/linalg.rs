@@ -347,22 +347,39 @@ fn shift_tensor(shift: Option<&[f64]>, d: usize, what: &str) -> Result<Option<Sh
     }
 }
 
-/// A chunk's values in its working precision (what [`shifted_chunk`] made it).
-enum ChunkValues {
+/// Row-major matrix values in their working precision: f32 kept as f32, f64 as f64.
+pub(crate) enum Values {
     F32(Vec<f32>),
     F64(Vec<f64>),
 }
 
-fn chunk_values(c: &Tensor) -> candle_core::Result<ChunkValues> {
-    let flat = c.flatten_all()?;
-    Ok(match c.dtype() {
-        DType::F32 => ChunkValues::F32(flat.to_vec1::<f32>()?),
-        _ => ChunkValues::F64(flat.to_dtype(DType::F64)?.to_vec1::<f64>()?),
-    })
+impl Values {
+    /// The values of `t`: as f32 when it is f32, else converted to f64.
+    pub(crate) fn of(t: &Tensor) -> candle_core::Result<Values> {
+        let flat = t.flatten_all()?;
+        Ok(match t.dtype() {
+            DType::F32 => Values::F32(flat.to_vec1::<f32>()?),
+            _ => Values::F64(flat.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+        })
+    }
+
+    /// acc (m × m, f64) += the blocks on and above the diagonal of the Gram matrix `of` these
+    /// `rows × cols` values ([`replens_kernels::add_gram_upper`]): f64 values straight into
+    /// `acc`, f32 values multiplied in f32 and added to `acc` in f64.
+    pub(crate) fn add_gram_upper_to(&self, acc: &mut [f64], rows: usize, cols: usize, of: GramOf) {
+        match self {
+            Values::F64(z) => add_gram_upper(acc, z, rows, cols, of, gemm_threads()),
+            Values::F32(z) => {
+                let mut g = vec![0.0f32; acc.len()];
+                add_gram_upper(&mut g, z, rows, cols, of, gemm_threads());
+                add_f32(acc, &g);
+            }
+        }
+    }
 }
 
 /// gemm's thread count: candle's, so that every product shares one setting.
-fn gemm_threads() -> usize {
+pub(crate) fn gemm_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
 
@@ -373,25 +390,16 @@ fn gemm_threads() -> usize {
 /// f32 and added to `acc` in f64.
 fn add_gram_chunk(acc: &mut [f64], d: usize, c: &Tensor) -> candle_core::Result<()> {
     let (rows, _) = c.dims2()?;
-    match chunk_values(c)? {
-        ChunkValues::F64(z) => add_gram_upper(acc, &z, rows, d, GramOf::Columns, gemm_threads()),
-        ChunkValues::F32(z) => {
-            let mut g = vec![0.0f32; d * d];
-            add_gram_upper(&mut g, &z, rows, d, GramOf::Columns, gemm_threads());
-            add_f32(acc, &g);
-        }
-    }
+    Values::of(c)?.add_gram_upper_to(acc, rows, d, GramOf::Columns);
     Ok(())
 }
 
 /// acc (d1 × d2) += cxᵀcy for aligned `(rows, d1)` and `(rows, d2)` chunks of one precision.
 fn add_cross_chunk(acc: &mut [f64], cx: &Tensor, cy: &Tensor) -> candle_core::Result<()> {
     let ((rows, d1), (_, d2)) = (cx.dims2()?, cy.dims2()?);
-    match (chunk_values(cx)?, chunk_values(cy)?) {
-        (ChunkValues::F64(x), ChunkValues::F64(y)) => {
-            add_cross(acc, &x, &y, rows, d1, d2, gemm_threads())
-        }
-        (ChunkValues::F32(x), ChunkValues::F32(y)) => {
+    match (Values::of(cx)?, Values::of(cy)?) {
+        (Values::F64(x), Values::F64(y)) => add_cross(acc, &x, &y, rows, d1, d2, gemm_threads()),
+        (Values::F32(x), Values::F32(y)) => {
             let mut g = vec![0.0f32; d1 * d2];
             add_cross(&mut g, &x, &y, rows, d1, d2, gemm_threads());
             add_f32(acc, &g);

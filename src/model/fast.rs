@@ -1,5 +1,7 @@
-//! f32 CPU fast paths for the hot operations of a decoder block (RMSNorm, residual sums, the
-//! SwiGLU gate, blocked linear layers).
+//! CPU fast paths for the hot operations of a forward pass: in f32 for a decoder block (RMSNorm,
+//! residual sums, the SwiGLU gate, blocked linear layers), in f64 for a BERT-family encoder layer
+//! (residual sum + LayerNorm, bias + GELU, scaled masked softmax), and the attention's batched
+//! products in either.
 //!
 //! Why: each of candle's element-wise ops over 64k elements or more runs on candle's own
 //! barrier pool, whose workers then spin for ~25,000 `pause`s, while the matmuls run on rayon's
@@ -7,8 +9,9 @@
 //! an extraction's samples in `perf`). These kernels (`replens_kernels`, built at opt-level 3)
 //! are fused (one pass over memory each) and run on rayon's pool, the one `gemm` uses.
 //!
-//! Each function returns `None` when its inputs are not plain f32 CPU tensors, or when autograd
-//! tracks them; callers then run the generic candle ops, which compute the same values.
+//! Each function returns `None` when its inputs are not plain CPU tensors of its precision, or
+//! when autograd tracks them; callers then run the generic candle ops, which compute the same
+//! values.
 
 use candle_core::{DType, Tensor, WithDType};
 use rayon::prelude::*;
@@ -127,12 +130,7 @@ pub(crate) fn blocked_matmul(
     }
     let mut inputs = vec![x];
     inputs.extend(blocks);
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = replens_kernels::gemm_parallelism(candle_core::utils::get_num_threads());
     with_f32(&inputs, &[rows, out_dim], |s, y| {
         let (xs, weights) = (s[0], &s[1..]);
         let mut start = 0;
@@ -355,6 +353,8 @@ unsafe impl<T> Send for SendPtr<T> {}
 mod tests {
     use super::*;
 
+    use candle_core::{Device, Var, D};
+
     #[test]
     fn batched_matmul_equals_candles_bit_for_bit() -> candle_core::Result<()> {
         let dev = Device::Cpu;
@@ -395,7 +395,6 @@ mod tests {
         assert!(batched_matmul(&single, &Tensor::randn(0f32, 1., (3, 5), &dev)?)?.is_none());
         Ok(())
     }
-    use candle_core::{Device, Var, D};
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         // A fixed xorshift stream with a few large values, as SmolLM2's residual stream has.

@@ -5,40 +5,10 @@
 //! (same sums in the same order, the same `erf` and `exp`), so the results are the same to the
 //! bit (replens tests this against the candle ops).
 
-use rayon::prelude::*;
+use crate::rowwise::for_rows;
 
 /// Below this many values a kernel runs on the calling thread.
 const PARALLEL_MIN: usize = 32 * 1024;
-
-/// Rows per rayon task: about 16k values.
-fn rows_per_task(width: usize) -> usize {
-    (16 * 1024 / width.max(1)).max(1)
-}
-
-/// Runs `row(index, input row, output row)` over the rows of width `width`, in parallel when large.
-fn for_rows(
-    input: &[f64],
-    out: &mut [f64],
-    width: usize,
-    row: impl Fn(usize, &[f64], &mut [f64]) + Sync,
-) {
-    if input.len() < PARALLEL_MIN {
-        for (r, (x, o)) in input.chunks(width).zip(out.chunks_mut(width)).enumerate() {
-            row(r, x, o);
-        }
-    } else {
-        let per_task = rows_per_task(width);
-        input
-            .par_chunks(per_task * width)
-            .zip(out.par_chunks_mut(per_task * width))
-            .enumerate()
-            .for_each(|(task, (x, o))| {
-                for (r, (x, o)) in x.chunks(width).zip(o.chunks_mut(width)).enumerate() {
-                    row(task * per_task + r, x, o);
-                }
-            });
-    }
-}
 
 /// `out = LayerNorm(a + b)` over rows of width `weight.len()` (or of `a` alone when `b` is
 /// `None`): Hugging Face's `nn.LayerNorm` (biased variance, `eps` inside the square root) as
@@ -65,7 +35,7 @@ pub fn add_layer_norm(
     assert!(width > 0 && bias.len() == width && a.len() == out.len());
     assert!(a.len().is_multiple_of(width) && b.is_none_or(|b| b.len() == a.len()));
     let scale = 1.0 / width as f64;
-    for_rows(a, out, width, |r, x, o| {
+    for_rows(a, out, width, PARALLEL_MIN, |r, x, o| {
         match b {
             Some(b) => {
                 for ((o, &x), &y) in o.iter_mut().zip(x).zip(&b[r * width..(r + 1) * width]) {
@@ -107,7 +77,7 @@ pub fn add_layer_norm(
 pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
     let width = bias.len();
     assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
-    for_rows(x, out, width, |_, x, o| {
+    for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {
         for ((o, &v), &b) in o.iter_mut().zip(x).zip(bias) {
             let y = v + b;
             *o = (libm::erf(y * std::f64::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * y;
@@ -140,7 +110,7 @@ pub fn scaled_masked_softmax(
     assert!(keys > 0 && key_bias.len() == batch * keys);
     assert!(scores.len() == batch * heads * queries * keys && out.len() == scores.len());
     let rows_per_batch = heads * queries;
-    for_rows(scores, out, keys, |r, s, o| {
+    for_rows(scores, out, keys, PARALLEL_MIN, |r, s, o| {
         let b = r / rows_per_batch;
         let mask = &key_bias[b * keys..(b + 1) * keys];
         // `+ 0.0`: candle's scaling is an affine op, `v · scale + 0`.

@@ -35,6 +35,15 @@ pub enum GramOf {
     Rows,
 }
 
+/// `gemm`'s parallelism for `threads` threads: rayon's pool when there is more than one.
+pub fn gemm_parallelism(threads: usize) -> gemm::Parallelism {
+    if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// Height of the row blocks of [`add_gram_upper`]: for a 768-wide Gram, 4 products covering
 /// 62.5 % of the full one, each tall enough for gemm to run at full speed (measured on 10k × 768
 /// f64 rows, 2 threads: 64-row blocks took 1.8× as long as 128–256-row ones, a single full
@@ -80,11 +89,7 @@ pub fn add_gram_upper<T: Real>(
     if m == 0 || k == 0 {
         return;
     }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism(threads);
     let blocks = m.div_ceil(GRAM_BLOCK);
     for b in 0..blocks {
         let (i0, i1) = (b * m / blocks, (b + 1) * m / blocks);
@@ -144,11 +149,7 @@ pub fn add_cross<T: Real>(
     if rows == 0 || d1 == 0 || d2 == 0 {
         return;
     }
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let parallelism = gemm_parallelism(threads);
     // SAFETY: the three slices have exactly the lengths of their shapes (asserted above), and
     // the strides below address X as d1 × rows (Xᵀ), Y as rows × d2 and dst as d1 × d2.
     unsafe {

@@ -31,8 +31,8 @@ mod gram;
 mod rowwise;
 pub use encoder::{add_layer_norm, bias_gelu, scaled_masked_softmax};
 pub use gram::{
-    add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, mirror_upper,
-    GramOf, Real, GRAM_BLOCK,
+    add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
+    mirror_upper, GramOf, Real, GRAM_BLOCK,
 };
 pub use rowwise::{add, rms_norm, silu_mul};
 

@@ -7,8 +7,31 @@ use rayon::prelude::*;
 /// Below this many elements a kernel runs on the calling thread: splitting costs more than it saves.
 const PARALLEL_MIN: usize = 64 * 1024;
 
-fn rows_per_task(width: usize) -> usize {
-    (16 * 1024 / width.max(1)).max(1)
+/// Runs `row(index, input row, output row)` over the rows of width `width` of `input` and `out`,
+/// inline below `parallel_min` input values, else in tasks of about 16k values on rayon's pool.
+pub(crate) fn for_rows<A: Sync, B: Send>(
+    input: &[A],
+    out: &mut [B],
+    width: usize,
+    parallel_min: usize,
+    row: impl Fn(usize, &[A], &mut [B]) + Sync,
+) {
+    if input.len() < parallel_min {
+        for (r, (x, o)) in input.chunks(width).zip(out.chunks_mut(width)).enumerate() {
+            row(r, x, o);
+        }
+    } else {
+        let per_task = (16 * 1024 / width.max(1)).max(1);
+        input
+            .par_chunks(per_task * width)
+            .zip(out.par_chunks_mut(per_task * width))
+            .enumerate()
+            .for_each(|(task, (x, o))| {
+                for (r, (x, o)) in x.chunks(width).zip(o.chunks_mut(width)).enumerate() {
+                    row(task * per_task + r, x, o);
+                }
+            });
+    }
 }
 
 /// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for each row `r` of width `weight.len()`:
@@ -27,21 +50,13 @@ fn rows_per_task(width: usize) -> usize {
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let width = weight.len();
     assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
-    let row = |(x, out): (&[f32], &mut [f32])| {
+    for_rows(x, out, width, PARALLEL_MIN, |_, x, out| {
         let sum: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
         let inv = ((sum / width as f64) as f32 + eps).sqrt().recip();
         for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
             *o = v * inv * w;
         }
-    };
-    if x.len() < PARALLEL_MIN {
-        x.chunks(width).zip(out.chunks_mut(width)).for_each(row);
-    } else {
-        let chunk = rows_per_task(width) * width;
-        x.par_chunks(chunk)
-            .zip(out.par_chunks_mut(chunk))
-            .for_each(|(x, out)| x.chunks(width).zip(out.chunks_mut(width)).for_each(row));
-    }
+    });
 }
 
 /// `out = a + b`, element by element.
