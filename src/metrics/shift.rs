@@ -19,9 +19,15 @@
 //!   distances between distinct pairs of the *pooled* sample (the lower median when the number
 //!   of pairs is even), so `k = exp(−‖a − b‖² / median ‖·‖²)`. (Gretton et al. instead set σ
 //!   to the median *distance*; pass [`Bandwidth::Fixed`] for that or any other choice.)
-//! * **Permutation test** of MMD²: the pooled kernel matrix is computed once; each permutation
-//!   relabels the pooled rows and recomputes the three block sums from it (in batches, as one
-//!   matmul of the kernel matrix with the 0/1 membership columns). With B permutations,
+//! * **Permutation test** of MMD²: the pooled kernel matrix K is computed once (in f64, over
+//!   its upper triangle); each permutation relabels the pooled rows and recomputes the three
+//!   block sums from it. With a 0/1 membership column a for x, `S_xx = aᵀKa`,
+//!   `S_xy = aᵀ(K1) − S_xx` and `S_yy = 1ᵀK1 − S_xx − 2 S_xy`, so only the quadratic forms aᵀKa
+//!   are computed per permutation, in batches of 128 columns, from K's upper triangle centred
+//!   by the mean of its first row and rounded to f32, with f32 sums over at most 256 terms
+//!   added in f64 (the permuted statistics' error is ~1e-6 of the null distribution's spread;
+//!   the observed split is column 0 of the first batch, so it goes through the same
+//!   arithmetic as its permutations). With B permutations,
 //!   `p = (1 + #{b : MMD²_b ≥ MMD²_obs}) / (1 + B)` — valid at every B (Phipson & Smyth 2010).
 //! * **Linear-time MMD** (Gretton et al. 2012, §6, eq. 10): with m₂ = ⌊min(m, n)/2⌋ disjoint
 //!   pairs, `h_i = k(x_{2i−1},x_{2i}) + k(y_{2i−1},y_{2i}) − k(x_{2i−1},y_{2i}) − k(x_{2i},y_{2i−1})`,
@@ -61,15 +67,16 @@
 //! # Ok::<(), replens::Error>(())
 //! ```
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use polars::prelude::{Column, DataFrame};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use replens_kernels::{GramOf, KernelSums};
 
 use crate::display::{escape_html, table_html, DisplayHtml, Html};
 use crate::error::{bail, Result};
-use crate::metrics::linalg::symmetric_eigen;
+use crate::metrics::linalg::{gemm_threads, symmetric_eigen};
 use crate::train::probe::{LogisticRegression, Matrix};
 
 /// Pooled rows used for the median bandwidth of the linear-time MMD.
@@ -78,10 +85,7 @@ pub const LINEAR_MMD_MEDIAN_ROWS: usize = 1000;
 /// Largest group size for which KS p-values are exact (scipy's `MAX_AUTO_N`).
 pub const KS_EXACT_MAX_N: usize = 10_000;
 
-/// Rows per block of the pairwise-distance matmul (bounds the temporary memory).
-const DIST_BLOCK_ROWS: usize = 1024;
-
-/// Permutations evaluated per kernel-matrix matmul.
+/// Permutations evaluated per batch of quadratic forms.
 const PERM_BATCH: usize = 128;
 
 fn check_pair(what: &str, x: &Matrix, y: &Matrix) -> Result<()> {
@@ -322,18 +326,19 @@ pub struct Mmd {
     pub n_y: usize,
 }
 
-/// The pooled RBF kernel matrix (rows of x first, then y).
+/// The pooled RBF kernel (rows of x first, then y), as its block and row sums.
 struct PooledKernel {
-    k: Vec<f64>,
+    sums: KernelSums,
     n: usize,
     n_x: usize,
     sigma: f64,
 }
 
-/// Squared pairwise distances of the pooled rows, `n × n` row-major, via ‖a‖² + ‖b‖² − 2aᵀb
-/// with candle's f64 matmul in row blocks. The rows are centred first: distances do not change,
+/// Squared pairwise distances of the pooled rows in the upper triangle (diagonal included) of
+/// an `n × n` row-major matrix (entries below it are unspecified), via ‖a‖² + ‖b‖² − 2aᵀb with
+/// the f64 Gram product's upper triangle. The rows are centred first: distances do not change,
 /// but a large common offset would otherwise cancel catastrophically.
-fn pooled_sq_distances(z: &Matrix) -> Result<Vec<f64>> {
+fn pooled_sq_distances(z: &Matrix) -> Vec<f64> {
     let (n, d) = (z.rows(), z.cols());
     let mut zc = z.data().to_vec();
     crate::metrics::linalg::centre_columns(&mut zc, d);
@@ -341,47 +346,10 @@ fn pooled_sq_distances(z: &Matrix) -> Result<Vec<f64>> {
         .chunks_exact(d)
         .map(|r| r.iter().map(|v| v * v).sum())
         .collect();
-    let all = Tensor::from_vec(zc, (n, d), &Device::Cpu)?;
-    let all_t = all.t()?.contiguous()?;
-    let mut dist = vec![0.0; n * n];
-    let mut r0 = 0;
-    // Only the blocks on and right of the diagonal are multiplied (half the flops); the lower
-    // triangle is mirrored afterwards, which also makes the matrix exactly symmetric.
-    while r0 < n {
-        let len = DIST_BLOCK_ROWS.min(n - r0);
-        let width = n - r0;
-        let g = all
-            .narrow(0, r0, len)?
-            .matmul(&all_t.narrow(1, r0, width)?)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        for (bi, grow) in g.chunks_exact(width).enumerate() {
-            let i = r0 + bi;
-            let out = &mut dist[i * n + r0..(i + 1) * n];
-            for ((o, &gij), &nj) in out.iter_mut().zip(grow).zip(&norms[r0..]) {
-                *o = (norms[i] + nj - 2.0 * gij).max(0.0);
-            }
-            dist[i * n + i] = 0.0;
-        }
-        r0 += len;
-    }
-    for i in 0..n {
-        for j in 0..i {
-            dist[i * n + j] = dist[j * n + i];
-        }
-    }
-    Ok(dist)
-}
-
-/// Lower median of the squared distances of distinct pairs (i < j) of an `n × n` matrix.
-fn median_pair_distance(dist: &[f64], n: usize) -> f64 {
-    let mut pairs = Vec::with_capacity(n * (n - 1) / 2);
-    for i in 0..n {
-        pairs.extend_from_slice(&dist[i * n + i + 1..(i + 1) * n]);
-    }
-    let mid = (pairs.len() - 1) / 2;
-    let (_, m, _) = pairs.select_nth_unstable_by(mid, |a, b| a.total_cmp(b));
-    *m
+    let mut dist = replens_kernels::zeroed_buffer(n * n);
+    replens_kernels::add_gram_upper(&mut dist, &zc, n, d, GramOf::Rows, gemm_threads());
+    replens_kernels::sq_distances_from_gram_upper(&mut dist, &norms);
+    dist
 }
 
 fn sigma_from(bandwidth: Bandwidth, median: impl FnOnce() -> f64, what: &str) -> Result<f64> {
@@ -404,57 +372,44 @@ fn sigma_from(bandwidth: Bandwidth, median: impl FnOnce() -> f64, what: &str) ->
     }
 }
 
-/// exp(−d/(2σ²)) in place, split over the available cores.
-fn rbf_in_place(dist: &mut [f64], sigma: f64) {
-    let scale = -1.0 / (2.0 * sigma * sigma);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    let chunk = dist.len().div_ceil(threads).max(1 << 16);
-    std::thread::scope(|s| {
-        for part in dist.chunks_mut(chunk) {
-            s.spawn(move || part.iter_mut().for_each(|v| *v = (*v * scale).exp()));
-        }
-    });
-}
-
-fn pooled_kernel(x: &Matrix, y: &Matrix, bandwidth: Bandwidth, what: &str) -> Result<PooledKernel> {
+/// The pooled RBF kernel's sums and, when `keep_matrix`, its upper triangle in f32 (`n × n`
+/// row-major; empty otherwise).
+fn pooled_kernel(
+    x: &Matrix,
+    y: &Matrix,
+    bandwidth: Bandwidth,
+    what: &str,
+    keep_matrix: bool,
+) -> Result<(PooledKernel, Vec<f32>)> {
     let z = Matrix::vstack(what, &[x, y])?;
     let n = z.rows();
-    let mut k = pooled_sq_distances(&z)?;
-    let sigma = sigma_from(bandwidth, || median_pair_distance(&k, n), what)?;
-    rbf_in_place(&mut k, sigma);
-    Ok(PooledKernel {
-        k,
+    let dist = pooled_sq_distances(&z);
+    let sigma = sigma_from(
+        bandwidth,
+        || replens_kernels::lower_median_upper(&dist, n),
+        what,
+    )?;
+    let scale = -1.0 / (2.0 * sigma * sigma);
+    let mut k = if keep_matrix {
+        replens_kernels::zeroed_buffer(n * n)
+    } else {
+        Vec::new()
+    };
+    let out = keep_matrix.then_some(k.as_mut_slice());
+    let sums = replens_kernels::rbf_upper(&dist, n, scale, x.rows(), out);
+    let kernel = PooledKernel {
+        sums,
         n,
         n_x: x.rows(),
         sigma,
-    })
+    };
+    Ok((kernel, k))
 }
 
 impl PooledKernel {
-    /// Block sums (S_xx, S_yy, S_xy) of the kernel matrix, diagonals included.
-    fn block_sums(&self) -> (f64, f64, f64) {
-        let (n, m) = (self.n, self.n_x);
-        let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
-        for i in 0..n {
-            let row = &self.k[i * n..(i + 1) * n];
-            let left: f64 = row[..m].iter().sum();
-            let right: f64 = row[m..].iter().sum();
-            if i < m {
-                sxx += left;
-                sxy += right;
-            } else {
-                syy += right;
-            }
-        }
-        (sxx, syy, sxy)
-    }
-
     fn mmd(&self) -> Mmd {
-        let (sxx, syy, sxy) = self.block_sums();
-        mmd_from_sums(sxx, syy, sxy, self.n_x, self.n - self.n_x, self.sigma)
+        let s = &self.sums;
+        mmd_from_sums(s.xx, s.yy, s.xy, self.n_x, self.n - self.n_x, self.sigma)
     }
 }
 
@@ -499,7 +454,7 @@ pub fn mmd2(x: &Tensor, y: &Tensor, bandwidth: Bandwidth) -> Result<Mmd> {
 pub fn mmd2_matrix(x: &Matrix, y: &Matrix, bandwidth: Bandwidth) -> Result<Mmd> {
     check_pair("mmd2", x, y)?;
     check_min_rows("mmd2", x, y, 2)?;
-    Ok(pooled_kernel(x, y, bandwidth, "mmd2")?.mmd())
+    Ok(pooled_kernel(x, y, bandwidth, "mmd2", false)?.0.mmd())
 }
 
 fn check_min_rows(what: &str, x: &Matrix, y: &Matrix, min: usize) -> Result<()> {
@@ -522,10 +477,10 @@ pub fn median_bandwidth(x: &Tensor, y: &Tensor) -> Result<f64> {
     if z.rows() < 2 {
         bail!("median_bandwidth: needs at least 2 pooled rows");
     }
-    let dist = pooled_sq_distances(&z)?;
+    let dist = pooled_sq_distances(&z);
     sigma_from(
         Bandwidth::Median,
-        || median_pair_distance(&dist, z.rows()),
+        || replens_kernels::lower_median_upper(&dist, z.rows()),
         "median_bandwidth",
     )
 }
@@ -607,15 +562,15 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
     if opts.n_permutations == 0 {
         bail!("{what}: n_permutations must be ≥ 1");
     }
-    let kernel = pooled_kernel(x, y, opts.bandwidth, what)?;
+    let (kernel, k) = pooled_kernel(x, y, opts.bandwidth, what, true)?;
     let mmd = kernel.mmd();
     let (n, m) = (kernel.n, kernel.n_x);
     let pick = |s: Mmd| match opts.statistic {
         MmdStatistic::Unbiased => s.unbiased,
         MmdStatistic::Biased => s.biased,
     };
-    let total: f64 = kernel.k.iter().sum();
-    let kt = Tensor::from_vec(kernel.k, (n, n), &Device::Cpu)?;
+    let row_sums = &kernel.sums.rows;
+    let total: f64 = row_sums.iter().sum();
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut order: Vec<usize> = (0..n).collect();
     // Column 0 of the first batch is the observed split, so that the observed statistic and
@@ -625,7 +580,7 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
     let mut first = true;
     while remaining > 0 {
         let b = remaining.min(PERM_BATCH);
-        let mut member = vec![0.0f64; n * b];
+        let mut member = vec![0.0f32; n * b];
         for c in 0..b {
             if first && c == 0 {
                 for i in 0..m {
@@ -639,29 +594,18 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
             }
         }
         first = false;
-        let zt = Tensor::from_slice(&member, (n, b), &Device::Cpu)?;
-        let kz = kt.matmul(&zt)?.flatten_all()?.to_vec1::<f64>()?;
-        let mut sxx = vec![0.0; b];
-        let mut sxy = vec![0.0; b];
-        for (row_k, row_z) in kz.chunks_exact(b).zip(member.chunks_exact(b)) {
-            for c in 0..b {
-                if row_z[c] == 1.0 {
-                    sxx[c] += row_k[c];
-                } else {
-                    sxy[c] += row_k[c];
-                }
+        let sxx = replens_kernels::symmetric_quadratic_forms(&k, n, &member, b, kernel.sums.offset);
+        // aᵀ(K1): the row sums of the rows in x.
+        let mut x_rows = vec![0.0f64; b];
+        for (row, &r) in member.chunks_exact(b).zip(row_sums) {
+            for (s, &a) in x_rows.iter_mut().zip(row) {
+                *s += f64::from(a) * r;
             }
         }
-        for c in 0..b {
-            let syy = total - sxx[c] - 2.0 * sxy[c];
-            stats.push(pick(mmd_from_sums(
-                sxx[c],
-                syy,
-                sxy[c],
-                m,
-                n - m,
-                kernel.sigma,
-            )));
+        for (&sxx, &x_rows) in sxx.iter().zip(&x_rows) {
+            let sxy = x_rows - sxx;
+            let syy = total - sxx - 2.0 * sxy;
+            stats.push(pick(mmd_from_sums(sxx, syy, sxy, m, n - m, kernel.sigma)));
         }
         remaining -= b;
     }
@@ -740,8 +684,8 @@ pub fn linear_mmd_test_matrix(
             let sx: Vec<usize> = ix.iter().copied().take(half).collect();
             let sy: Vec<usize> = iy.iter().copied().take(half).collect();
             let z = Matrix::vstack(what, &[&x.select_rows(&sx), &y.select_rows(&sy)]);
-            match z.and_then(|z| Ok((pooled_sq_distances(&z)?, z.rows()))) {
-                Ok((dist, n)) => median_pair_distance(&dist, n),
+            match z.map(|z| (pooled_sq_distances(&z), z.rows())) {
+                Ok((dist, n)) => replens_kernels::lower_median_upper(&dist, n),
                 Err(_) => f64::NAN,
             }
         },
@@ -1582,6 +1526,68 @@ impl std::fmt::Display for ShiftReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permutation_null_matches_direct_f64_sums() {
+        // Each permuted statistic, recomputed from the f64 kernel matrix with the same
+        // shuffles, agrees with the f32 quadratic forms; 300 > 1 batch of permutations.
+        let (m, n_y, d) = (230, 190, 4);
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut rows = |k: usize, shift: f64| {
+            let v: Vec<f64> = (0..k * d)
+                .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0) + shift)
+                .collect();
+            Matrix::new("test", v, k, d).unwrap()
+        };
+        let (x, y) = (rows(m, 0.0), rows(n_y, 0.1));
+        let opts = MmdOptions {
+            n_permutations: 300,
+            seed: 9,
+            ..Default::default()
+        };
+        let t = mmd_permutation_test_matrix(&x, &y, &opts).unwrap();
+        let z = Matrix::vstack("test", &[&x, &y]).unwrap();
+        let n = m + n_y;
+        let k = |i: usize, j: usize| {
+            let d2: f64 = (0..d).map(|c| (z.row(i)[c] - z.row(j)[c]).powi(2)).sum();
+            (-d2 / (2.0 * t.mmd.sigma * t.mmd.sigma)).exp()
+        };
+        let kernel: Vec<f64> = (0..n * n).map(|ij| k(ij / n, ij % n)).collect();
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut shuffles = StdRng::seed_from_u64(opts.seed);
+        let mut worst: f64 = 0.0;
+        let mut exact_null = Vec::new();
+        for &got in &t.null {
+            order.shuffle(&mut shuffles);
+            let mut in_x = vec![false; n];
+            order[..m].iter().for_each(|&i| in_x[i] = true);
+            let (mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0);
+            for i in 0..n {
+                for j in 0..n {
+                    match (in_x[i], in_x[j]) {
+                        (true, true) => sxx += kernel[i * n + j],
+                        (false, false) => syy += kernel[i * n + j],
+                        (true, false) => sxy += kernel[i * n + j],
+                        _ => {}
+                    }
+                }
+            }
+            let want = mmd_from_sums(sxx, syy, sxy, m, n_y, t.mmd.sigma).unbiased;
+            worst = worst.max((got - want).abs());
+            exact_null.push(want);
+        }
+        // The f32 arithmetic's error is negligible beside the null distribution's own spread
+        // (the quantity a p-value resolves), and the p-value is the all-f64 one.
+        let mean = exact_null.iter().sum::<f64>() / 300.0;
+        let spread = (exact_null.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 299.0).sqrt();
+        assert!(
+            worst < 1e-5 * spread,
+            "worst |Δ| {worst:e}, null sd {spread:e}"
+        );
+        let exceed = exact_null.iter().filter(|&&v| v >= t.statistic).count();
+        assert_eq!(t.p_value, (1 + exceed) as f64 / 301.0);
+        assert_eq!(t.null.len(), 300);
+    }
 
     #[test]
     fn erfc_matches_known_values() {

@@ -4,6 +4,9 @@
 //!   the EISPACK `tred2`/`tql2` scheme), in `f64`;
 //! * Gram and cross products written in place by `gemm` ([`add_gram_upper`], [`add_cross`]) and
 //!   the row preparation of eRank ([`column_sums`], [`centred_unit_rows`]);
+//! * the kernel-matrix passes of the MMD tests over one triangle of an `n × n` matrix
+//!   ([`sq_distances_from_gram_upper`], [`lower_median_upper`], [`rbf_upper`],
+//!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
 //!   f64 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
 //!   [`scaled_masked_softmax`]) behind `replens`'s CPU inference passes.
@@ -26,13 +29,20 @@
 
 use rayon::prelude::*;
 
+mod buffer;
 mod encoder;
 mod gram;
+mod pairwise;
 mod rowwise;
+pub use buffer::zeroed_buffer;
 pub use encoder::{add_layer_norm, bias_gelu, scaled_masked_softmax};
 pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
     mirror_upper, GramOf, Real, GRAM_BLOCK,
+};
+pub use pairwise::{
+    lower_median_upper, rbf_upper, sq_distances_from_gram_upper, symmetric_quadratic_forms,
+    KernelSums,
 };
 pub use rowwise::{add, rms_norm, silu_mul};
 
