@@ -436,7 +436,11 @@ mod tests {
         };
         for len in [0, 1, 15, 16, 17, 100, 771] {
             let (a, b) = (values(len, 1), values(len, 2));
-            assert_eq!(dot(&a, &b).to_bits(), dot_generic(&a, &b).to_bits(), "{len}");
+            assert_eq!(
+                dot(&a, &b).to_bits(),
+                dot_generic(&a, &b).to_bits(),
+                "{len}"
+            );
             let update = RankTwo {
                 start: 0,
                 v: values(len, 3),
