@@ -10,7 +10,7 @@
 mod common;
 
 use replens::hooks::HookSpec;
-use replens::model::{pad_batch, Model};
+use replens::model::{pad_batch, LoadOptions, Model, Precision};
 
 const SEQ: usize = 128;
 
@@ -38,7 +38,15 @@ fn main() -> replens::Result<()> {
         .collect();
     let name = args.first().map(String::as_str).unwrap_or("default");
     let batch: usize = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(1);
-    let model = Model::load(name)?;
+    // `<model>-f32`: the model with an f32 encoder (LoadOptions::encoder_precision).
+    let (model_name, precision) = match name.strip_suffix("-f32") {
+        Some(base) => (base, Precision::F32),
+        None => (name, Precision::F64),
+    };
+    let model = Model::load_with(
+        model_name,
+        &LoadOptions::default().encoder_precision(precision),
+    )?;
     let spec = HookSpec::all_residual().without_logits();
     let data = ids(16, SEQ, model.config().vocab_size(), 42);
     let mut rep = 0;

@@ -26,6 +26,9 @@ ITEMS = [
     ("extract-default-b8", "extraction", ["default", "8"], "bench_extract.py", ["default", "8"], 1e-3),
     ("extract-minilm-b1", "extraction", ["minilm", "1"], "bench_extract.py", ["minilm", "1"], 1e-3),
     ("extract-minilm-b8", "extraction", ["minilm", "8"], "bench_extract.py", ["minilm", "8"], 1e-3),
+    # the same float32 reference, with replens's opt-in f32 encoder (LoadOptions::encoder_precision)
+    ("extract-minilm-f32-b1", "extraction", ["minilm-f32", "1"], "bench_extract.py", ["minilm", "1"], 1e-3),
+    ("extract-minilm-f32-b8", "extraction", ["minilm-f32", "8"], "bench_extract.py", ["minilm", "8"], 1e-3),
     ("erank-10k", "metrics", ["erank-10k"], "bench_metrics.py", ["erank-10k"], 1e-5),
     # the same fp32 reference, with replens's Gram product in f32 too (eigen-solve still f64)
     ("erank-10k-f32gram", "metrics", ["erank-10k-f32gram"], "bench_metrics.py", ["erank-10k"], 1e-4),

@@ -371,3 +371,34 @@ fn shift_fine_tune_runs_and_rejects_a_decoder_or_bad_epochs_before_embedding() {
         "same n_test, n_shifted: {csv}"
     );
 }
+
+#[test]
+fn activations_take_an_f32_encoder_and_reject_an_unknown_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("acts.parquet");
+    let (code, _, err) = replens(&[
+        "activations",
+        "--model",
+        "minilm",
+        "--text",
+        "The cat sat.",
+        "--precision",
+        "f32",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(replens::frame::read_parquet(&out).unwrap().height() > 0);
+    fails_cleanly(
+        &[
+            "activations",
+            "--model",
+            "minilm",
+            "--text",
+            "hi",
+            "--precision",
+            "f16",
+        ],
+        "unknown precision 'f16'",
+    );
+}

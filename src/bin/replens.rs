@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use replens::frame::{self, Pooling};
 use replens::hooks::HookSpec;
-use replens::model::{source, Model, RunOptions};
+use replens::model::{source, LoadOptions, Model, RunOptions};
 use replens::studies::distribution_shift::FineTuneOptions;
 
 #[derive(Parser)]
@@ -51,6 +51,10 @@ enum Command {
         /// Also write one pooled vector per text (mean, last, cls) of the last hook to `pooled.parquet`.
         #[arg(long)]
         pooling: Option<String>,
+        /// Arithmetic of BERT-family encoders: f64 (within 1e-4 of HF) or f32 (faster, as HF
+        /// runs; up to ~2e-4 from HF at MiniLM's outlier features). Decoders always use f32.
+        #[arg(long, default_value = "f64")]
+        precision: String,
     },
     /// Show a model's source, architecture and hook names.
     Info {
@@ -333,8 +337,12 @@ fn hook_spec(hooks: &str) -> replens::Result<HookSpec> {
 }
 
 fn load(name: &str) -> replens::Result<Model> {
+    load_with(name, &LoadOptions::default())
+}
+
+fn load_with(name: &str, options: &LoadOptions) -> replens::Result<Model> {
     let started = Instant::now();
-    let model = Model::load(name)?;
+    let model = Model::load_with(name, options)?;
     eprintln!(
         "loaded {} ({}, {} layers, d={}) from {} in {:.1} s",
         name,
@@ -359,8 +367,10 @@ fn run(cli: Cli) -> replens::Result<()> {
             batch_size,
             truncate,
             pooling,
+            precision,
         } => {
             let spec = hook_spec(&hooks)?;
+            let options = LoadOptions::default().encoder_precision(precision.parse()?);
             let mut texts = text;
             if let Some(file) = file {
                 texts.extend(replens::data::read_texts(&file, &column)?);
@@ -371,7 +381,7 @@ fn run(cli: Cli) -> replens::Result<()> {
                 ));
             }
             let pooling = pooling.map(|p| p.parse::<Pooling>()).transpose()?;
-            let model = load(&model)?;
+            let model = load_with(&model, &options)?;
             spec.validate(model.n_layers())?;
             // the activation frames have no loss column: skip the unembedding, unless the same
             // in-memory run also gives the pooled frame (whose `loss` column needs the logits)

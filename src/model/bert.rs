@@ -18,7 +18,9 @@
 //!
 //! Arithmetic is f64 by default (see the `COMPUTE` constant for why); recorded hooks are f32
 //! `(batch, seq, d)`. [`Bert::load_with_dtype`] builds an f32 twin for training, where speed
-//! matters more than bit-level agreement with HF float64.
+//! matters more than bit-level agreement with HF float64; for inference, [`crate::model::Model`]
+//! loads one with `LoadOptions::default().encoder_precision(Precision::F32)` (1.4–1.75× faster
+//! on MiniLM, hidden states within 1.83e-4 of HF, tested).
 //!
 //! Adapters: [`Bert::encode`] adds an optional per-linear-layer term `delta(x)` to chosen
 //! projections (`y = x Wᵀ + b + delta(x)`; LoRA in [`crate::train::lora`]) and returns the last

@@ -135,11 +135,24 @@ impl ArchConfig {
 
     /// Build the network from weights.
     pub fn build(&self, vb: VarBuilder) -> Result<Box<dyn Transformer>> {
+        self.build_with(vb, &super::LoadOptions::default())
+    }
+
+    /// [`build`](Self::build) with [`LoadOptions`](super::LoadOptions) (the encoder precision).
+    pub fn build_with(
+        &self,
+        vb: VarBuilder,
+        options: &super::LoadOptions,
+    ) -> Result<Box<dyn Transformer>> {
         Ok(match self {
             ArchConfig::Gpt2(c) => Box::new(gpt2::Gpt2::load(c, vb)?),
             ArchConfig::GptNeoX(c) => Box::new(gpt_neox::GptNeoX::load(c, vb)?),
             ArchConfig::Llama(c) => Box::new(llama::Llama::load(c, vb)?),
-            ArchConfig::Bert(c) => Box::new(bert::Bert::load(c, vb)?),
+            ArchConfig::Bert(c) => Box::new(bert::Bert::load_with_dtype(
+                c,
+                vb,
+                options.encoder_precision.dtype(),
+            )?),
         })
     }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 pub use config::ArchConfig;
@@ -150,6 +151,70 @@ impl Run {
     }
 }
 
+/// Arithmetic precision of a BERT-family encoder (decoders always compute in f32).
+///
+/// Why f64 is the default: BERT-family MLPs write a few outlier features of magnitude ~10²
+/// (all-MiniLM-L6-v2: |x| ≈ 190), where HF's own float32 forward pass is up to 1.95e-4 away from
+/// its float64 one; computing in f64 keeps every hidden state within 1e-4 of HF in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f64 arithmetic: hidden states within 1e-6 of HF float64 (the default).
+    #[default]
+    F64,
+    /// f32 arithmetic, as HF runs by default: about 1.5× faster on MiniLM (see BENCHMARKS.md),
+    /// hidden states up to ~2e-4 from HF's at MiniLM's outlier features (HF's own float32 error
+    /// there).
+    F32,
+}
+
+impl Precision {
+    pub(crate) fn dtype(self) -> DType {
+        match self {
+            Precision::F64 => DType::F64,
+            Precision::F32 => DType::F32,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    /// `f64` or `f32` (any case).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f64" | "float64" => Ok(Precision::F64),
+            "f32" | "float32" => Ok(Precision::F32),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown precision '{s}' (use f64 or f32)"
+            ))),
+        }
+    }
+}
+
+/// Options of [`Model::load_with`] and [`Model::from_dir_with`].
+///
+/// ```no_run
+/// use replens::model::{LoadOptions, Model, Precision};
+/// let opts = LoadOptions::default().encoder_precision(Precision::F32);
+/// let model = Model::load_with("minilm", &opts)?;
+/// assert_eq!(model.load_options().encoder_precision, Precision::F32);
+/// # Ok::<(), replens::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Arithmetic of BERT-family encoders (default [`Precision::F64`]); decoders (Llama, GPT-2,
+    /// GPT-NeoX) always compute in f32 and ignore it.
+    pub encoder_precision: Precision,
+}
+
+impl LoadOptions {
+    /// Set [`LoadOptions::encoder_precision`].
+    pub fn encoder_precision(mut self, precision: Precision) -> Self {
+        self.encoder_precision = precision;
+        self
+    }
+}
+
 /// A loaded model: network, tokenizer, config, and where it came from.
 pub struct Model {
     name: String,
@@ -158,6 +223,7 @@ pub struct Model {
     tokenizer: Tokenizer,
     source: ModelSource,
     device: Device,
+    options: LoadOptions,
 }
 
 impl std::fmt::Debug for Model {
@@ -249,10 +315,15 @@ impl Model {
     /// model (see [`source`]), the local HF cache, then the hub. The chosen source and why the
     /// others failed are in [`Model::source`].
     pub fn load(name: &str) -> Result<Model> {
+        Self::load_with(name, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with [`LoadOptions`] (e.g. an f32 encoder).
+    pub fn load_with(name: &str, options: &LoadOptions) -> Result<Model> {
         let resolved = source::resolve(name)?;
         let mut model = match &resolved.kind {
             SourceKind::Gguf => Self::from_gguf(&resolved.path)?,
-            _ => Self::from_dir(&resolved.path)?,
+            _ => Self::from_dir_with(&resolved.path, options)?,
         };
         model.name = name.to_string();
         model.source = resolved;
@@ -261,6 +332,11 @@ impl Model {
 
     /// Load a Hugging Face layout directory (config.json, tokenizer.json, weights).
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Model> {
+        Self::from_dir_with(dir, &LoadOptions::default())
+    }
+
+    /// [`from_dir`](Self::from_dir) with [`LoadOptions`].
+    pub fn from_dir_with(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let dir = dir.as_ref();
         if !dir.is_dir() {
             return Err(Error::Io {
@@ -276,13 +352,14 @@ impl Model {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Self::assemble(
+        Self::assemble_with(
             name,
             config,
             weights,
             tokenizer,
             ModelSource::local(dir),
             device,
+            options,
         )
         .map_err(|e| match e {
             Error::Candle { context, source } => Error::Candle {
@@ -324,8 +401,29 @@ impl Model {
         source: ModelSource,
         device: Device,
     ) -> Result<Model> {
+        Self::assemble_with(
+            name,
+            config,
+            weights,
+            tokenizer,
+            source,
+            device,
+            &LoadOptions::default(),
+        )
+    }
+
+    /// [`assemble`](Self::assemble) with [`LoadOptions`].
+    pub fn assemble_with(
+        name: String,
+        config: ArchConfig,
+        weights: HashMap<String, Tensor>,
+        tokenizer: Tokenizer,
+        source: ModelSource,
+        device: Device,
+        options: &LoadOptions,
+    ) -> Result<Model> {
         let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
-        let net = config.build(vb)?;
+        let net = config.build_with(vb, options)?;
         Ok(Model {
             name,
             config,
@@ -333,21 +431,29 @@ impl Model {
             tokenizer,
             source,
             device,
+            options: *options,
         })
     }
 
-    /// The untrained twin: same config and tokenizer, weights drawn by HF's init rules with `seed`.
+    /// The untrained twin: same config, tokenizer and [`LoadOptions`], weights drawn by HF's init
+    /// rules with `seed`.
     pub fn untrained(&self, seed: u64) -> Result<Model> {
         let specs = self.config.param_specs();
         let weights = init::random_weights(&specs, seed, &self.device)?;
-        Self::assemble(
+        Self::assemble_with(
             format!("{} (untrained, seed {seed})", self.name),
             self.config.clone(),
             weights,
             self.tokenizer.clone(),
             ModelSource::untrained(&self.source, seed),
             self.device.clone(),
+            &self.options,
         )
+    }
+
+    /// The options the model was loaded with.
+    pub fn load_options(&self) -> &LoadOptions {
+        &self.options
     }
 
     pub fn name(&self) -> &str {

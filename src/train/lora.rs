@@ -180,25 +180,11 @@ pub enum Pooling {
     Mean,
 }
 
-/// Precision of the encoder's arithmetic (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// Bit-identical to [`crate::model::Model`]'s forward pass; about 2× slower.
-    #[default]
-    F64,
-    /// Faster training; states agree with the f64 path to ~1e-4 (MiniLM's outlier features).
-    F32,
-}
-
-impl Precision {
-    fn dtype(self) -> DType {
-        match self {
-            Precision::F64 => DType::F64,
-            Precision::F32 => DType::F32,
-        }
-    }
-}
+/// Precision of the encoder's arithmetic (see the module docs): the same type as the model
+/// loader's [`crate::model::LoadOptions::encoder_precision`]. F64 is bit-identical to the
+/// default [`crate::model::Model`] forward pass and about 2× slower than F32, whose states agree
+/// with the f64 path to ~1e-4 (MiniLM's outlier features).
+pub use crate::model::Precision;
 
 /// Everything that defines a classifier apart from the base model's weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
