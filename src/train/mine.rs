@@ -3,12 +3,12 @@
 //!
 //! * **MINE** — Belghazi et al., *Mutual Information Neural Estimation*, ICML 2018
 //!   (arXiv 1801.04062). For a critic T_θ(x, y),
-//!   I(X; Y) ≥ E_P[T] − log E_{P_X ⊗ P_Y}[e^T] (Donsker–Varadhan). Minibatch gradients of the
+//!   I(X; Y) ≥ E_P\[T\] − log E_{P_X ⊗ P_Y}[e^T] (Donsker–Varadhan). Minibatch gradients of the
 //!   log term are biased (∇log E[e^T] = E[∇T e^T] / E[e^T], and the denominator is estimated
 //!   from the same batch); §3.2 replaces the denominator by an exponential moving average of
 //!   E[e^T] over batches. We implement that correction in log space: the surrogate
 //!   loss is −(mean T_joint − exp(lme − log ma)) with lme = log mean e^{T_marg} and the moving
-//!   average `ma` held constant, whose gradient is −(∇E[T] − ∇E[e^T] / ma).
+//!   average `ma` held constant, whose gradient is −(∇E\[T\] − ∇E[e^T] / ma).
 //! * **InfoNCE** — van den Oord et al., *Representation Learning with Contrastive Predictive
 //!   Coding* (arXiv 1807.03748); as an MI bound, Poole et al., *On Variational Bounds of
 //!   Mutual Information*, ICML 2019: I ≥ E[(1/B) Σ_i log( e^{f(x_i, y_i)} / ((1/B) Σ_j
