@@ -416,6 +416,20 @@ mod simd {
     }
 }
 
+/// A deterministic pseudo-random sequence in [0, 1) for the crate's tests.
+#[cfg(test)]
+pub(crate) fn uniform(seed: u64, len: usize) -> Vec<f64> {
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,14 +438,10 @@ mod tests {
     fn simd_builds_compute_the_baseline_values() {
         // Lengths around the 16 partial sums, with values of mixed sign and size.
         let values = |len: usize, seed: u64| -> Vec<f64> {
-            let mut s = seed;
-            (0..len)
-                .map(|i| {
-                    s = s
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 10f64.powi(i as i32 % 7)
-                })
+            uniform(seed, len)
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (u - 0.5) * 10f64.powi(i as i32 % 7))
                 .collect()
         };
         for len in [0, 1, 15, 16, 17, 100, 771] {

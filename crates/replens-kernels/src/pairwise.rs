@@ -44,6 +44,11 @@ pub fn sq_distances_from_gram_upper(g: &mut [f64], sq_norms: &[f64]) {
         });
 }
 
+/// Row `i` of the row-major `n × n` matrix `a` right of its diagonal: the pairs (i, j > i).
+fn upper_row(a: &[f64], n: usize, i: usize) -> &[f64] {
+    &a[i * n + i + 1..(i + 1) * n]
+}
+
 /// The lower median of the entries strictly above the diagonal of the `n × n` row-major `a`
 /// (the ⌊(P − 1)/2⌋-th smallest of its P = n(n − 1)/2 pairs in [`f64::total_cmp`]'s order), or
 /// NaN when n < 2.
@@ -72,7 +77,6 @@ pub fn lower_median_upper(a: &[f64], n: usize) -> f64 {
 /// The `rank`-th smallest strictly-upper entry of the `n × n` row-major `a` (n ≥ 2), by radix
 /// selection on the ordered bit patterns (see [`lower_median_upper`]).
 fn radix_select_upper(a: &[f64], n: usize, mut rank: usize) -> f64 {
-    let upper = |i: usize| &a[i * n + i + 1..(i + 1) * n];
     let (mut prefix, mut prefix_bits) = (0u64, 0u32);
     let mut candidates = n * (n - 1) / 2;
     let matches = move |key: u64, prefix: u64, bits: u32| bits == 0 || key >> (64 - bits) == prefix;
@@ -84,7 +88,7 @@ fn radix_select_upper(a: &[f64], n: usize, mut rank: usize) -> f64 {
             .fold(
                 || vec![0usize; 1 << 16],
                 |mut counts, i| {
-                    for &v in upper(i) {
+                    for &v in upper_row(a, n, i) {
                         let key = order_key(v);
                         if matches(key, prefix, prefix_bits) {
                             counts[((key >> shift) & 0xffff) as usize] += 1;
@@ -113,7 +117,7 @@ fn radix_select_upper(a: &[f64], n: usize, mut rank: usize) -> f64 {
         .into_par_iter()
         .with_min_len(ROWS_PER_TASK)
         .flat_map_iter(|i| {
-            upper(i)
+            upper_row(a, n, i)
                 .iter()
                 .copied()
                 .filter(move |&v| matches(order_key(v), prefix, prefix_bits))
@@ -131,7 +135,7 @@ fn bracketed_median(a: &[f64], n: usize, rank: usize) -> Option<f64> {
     let step = (pairs / SAMPLE_VALUES).max(1).min(n);
     let mut sample: Vec<f64> = (0..n - 1)
         .step_by(step)
-        .flat_map(|i| a[i * n + i + 1..(i + 1) * n].iter().copied())
+        .flat_map(|i| upper_row(a, n, i).iter().copied())
         .collect();
     let len = sample.len();
     if len < SAMPLE_VALUES / 4 {
@@ -156,7 +160,7 @@ fn bracketed_median(a: &[f64], n: usize, rank: usize) -> Option<f64> {
         .into_par_iter()
         .with_min_len(ROWS_PER_TASK)
         .map(|i| {
-            let row = &a[i * n + i + 1..(i + 1) * n];
+            let row = upper_row(a, n, i);
             // The bounds are copied in so that the loops keep them in registers.
             let (lo_key, hi_key) = (lo_key, hi_key);
             // (Plain comparisons: a `RangeInclusive::contains` here measured 2× slower.)
@@ -164,17 +168,17 @@ fn bracketed_median(a: &[f64], n: usize, rank: usize) -> Option<f64> {
                 let key = order_key(v);
                 key >= lo_key && key <= hi_key
             };
-            // Two branch-free counts first (the loops vectorise): about half the values are
-            // below the bracket, in random order, and few rows hold none inside it.
+            // A branch-free count (the loop vectorises): about half the values are below the
+            // bracket, in random order.
             let below: usize = row
                 .iter()
                 .map(|&v| usize::from(order_key(v) < lo_key))
                 .sum();
-            let inside: usize = row.iter().map(|&v| usize::from(within(v))).sum();
-            let mut values: Vec<f64> = Vec::new();
-            if inside > 0 {
-                values.extend(row.iter().filter(|&&v| within(v)));
-            }
+            // Counting the bracketed values before copying them out (into an exact-size vector)
+            // measured twice as fast as filtering alone: 113–150 against 257–294 ms on 10⁴ × 10⁴.
+            let inside = row.iter().filter(|&&v| within(v)).count();
+            let mut values: Vec<f64> = Vec::with_capacity(inside);
+            values.extend(row.iter().filter(|&&v| within(v)));
             (below, values)
         })
         .reduce(
@@ -578,19 +582,7 @@ pub fn symmetric_quadratic_forms<T: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A deterministic pseudo-random sequence in [0, 1).
-    fn uniform(seed: u64, len: usize) -> Vec<f64> {
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (s >> 11) as f64 / (1u64 << 53) as f64
-            })
-            .collect()
-    }
+    use crate::uniform;
 
     fn symmetric(n: usize, seed: u64) -> Vec<f64> {
         let u = uniform(seed, n * n);
