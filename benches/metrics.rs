@@ -7,8 +7,8 @@ mod common;
 
 use candle_core::{Device, Tensor};
 use replens::metrics::erank::{
-    erank, erank_report_with, Centring, ColumnMeanAccumulator, CovarianceAccumulator, ErankOptions,
-    GramPrecision,
+    erank, erank_report_with, Centring, ColumnMeanAccumulator, CovarianceAccumulator,
+    ErankAccumulator, ErankOptions, GramPrecision,
 };
 use replens::metrics::shift::{mmd_permutation_test, MmdOptions};
 use replens::metrics::similarity::linear_cka;
@@ -88,6 +88,34 @@ fn erank_streaming(rows: usize, precision: GramPrecision) -> Result<()> {
         value?,
         "",
     );
+    Ok(())
+}
+
+/// Token counts of the corpus sentences: 16 to 128, spread by a fixed stride (mean ≈ 72).
+fn sentence_lengths(sentences: usize) -> Vec<usize> {
+    (0..sentences).map(|i| 16 + (37 * i) % 113).collect()
+}
+
+/// Diff-eRank's dataset workload: one eRank per sentence (`N_i × 768`, N_i = 16–128 tokens),
+/// averaged as exp(mean H) over the corpus. Consecutive rows of one matrix form the sentences.
+fn erank_corpus(sentences: usize) -> Result<()> {
+    let lengths = sentence_lengths(sentences);
+    let mut data = Vec::with_capacity(sentences);
+    let mut first_row = 0;
+    for &n in &lengths {
+        let rows = common::matrix(first_row, n, D, 9);
+        data.push(Tensor::from_vec(rows, (n, D), &Device::Cpu)?);
+        first_row += n;
+    }
+    let run = || -> Result<f64> {
+        let mut acc = ErankAccumulator::new();
+        for sentence in &data {
+            acc.push(sentence)?;
+        }
+        Ok(acc.result()?.erank)
+    };
+    let (secs, value) = common::median_time(3, run);
+    common::report(&format!("erank-corpus-{sentences}"), secs, 3, value?, "");
     Ok(())
 }
 
@@ -171,13 +199,14 @@ fn main() -> Result<()> {
         "erank-10k" => erank_in_memory(10_000),
         "erank-100k" => erank_in_memory(100_000),
         "erank-10k-f32gram" => erank_f32_gram(10_000),
+        "erank-corpus-50" => erank_corpus(50),
         "erank-stream-100k" => erank_streaming(100_000, GramPrecision::F64),
         "erank-stream-100k-f32gram" => erank_streaming(100_000, GramPrecision::F32),
         "cka-50k" => cka_50k(),
         "adue-fit-6k" => adue_fit(),
         "mmd-perm-5k" => mmd_5k(),
         other => {
-            eprintln!("unknown work item '{other}' (erank-10k, erank-10k-f32gram, erank-100k, erank-stream-100k, erank-stream-100k-f32gram, cka-50k, adue-fit-6k, mmd-perm-5k)");
+            eprintln!("unknown work item '{other}' (erank-10k, erank-10k-f32gram, erank-corpus-50, erank-100k, erank-stream-100k, erank-stream-100k-f32gram, cka-50k, adue-fit-6k, mmd-perm-5k)");
             std::process::exit(2)
         }
     }

@@ -32,6 +32,9 @@ ITEMS = [
     ("erank-10k", "metrics", ["erank-10k"], "bench_metrics.py", ["erank-10k"], 1e-5),
     # the same fp32 reference, with replens's Gram product in f32 too (eigen-solve still f64)
     ("erank-10k-f32gram", "metrics", ["erank-10k-f32gram"], "bench_metrics.py", ["erank-10k"], 1e-4),
+    # Diff-eRank's dataset workload: one eRank per sentence (16-128 tokens x 768), exp(mean H);
+    # the reference computes in fp32 (9.5e-6 from its own float64, which replens matches to 1e-11)
+    ("erank-corpus-50", "metrics", ["erank-corpus-50"], "bench_metrics.py", ["erank-corpus-50"], 1e-4),
     ("erank-stream-100k", "metrics", ["erank-stream-100k"], "bench_metrics.py", ["erank-stream-100k"], 1e-5),
     ("erank-stream-100k-f32gram", "metrics", ["erank-stream-100k-f32gram"], "bench_metrics.py", ["erank-stream-100k"], 1e-4),
     ("cka-50k", "metrics", ["cka-50k"], "bench_metrics.py", ["cka-50k"], 1e-4),

@@ -27,6 +27,17 @@ def erank_official(r: torch.Tensor) -> float:
     return math.exp(-(lam * torch.log(lam)).nansum().item())
 
 
+def sentence_lengths(sentences):
+    """Token counts of the corpus sentences (benches/metrics.rs `sentence_lengths`)."""
+    return [16 + (37 * i) % 113 for i in range(sentences)]
+
+
+def corpus_erank_official(sentences):
+    """Diff-eRank's dataset loop: the official per-sentence eRank of each sentence's
+    N_i x 768 hidden states, combined as exp(mean log eRank) = exp(mean H) (STUDIES.md)."""
+    return math.exp(sum(math.log(erank_official(s)) for s in sentences) / len(sentences))
+
+
 def feature_space_linear_cka(x, y):
     """Kornblith et al. 2019's feature-space linear CKA (their notebook's formula), numpy."""
     x = x - x.mean(axis=0, keepdims=True)
@@ -87,6 +98,14 @@ def main():
         runs = 5 if rows == 10_000 else 3
         secs, value = median_time(runs, lambda: erank_official(x))
         report(work, "torch (official code path)", secs, runs, value)
+    elif work.startswith("erank-corpus-"):
+        count = int(work.rsplit("-", 1)[1])
+        sentences, first_row = [], 0
+        for n in sentence_lengths(count):
+            sentences.append(torch.from_numpy(matrix(first_row, n, D, 9)))
+            first_row += n
+        secs, value = median_time(3, lambda: corpus_erank_official(sentences))
+        report(work, "torch (official code path)", secs, 3, value)
     elif work == "cka-50k":
         x = matrix(0, 50_000, D, 2)
         y = (np.float32(0.5) * x + matrix(0, 50_000, D, 3)).astype(np.float32)

@@ -30,12 +30,12 @@
 //!
 //! Implementation notes:
 //! * The head is one linear layer, so its loss gradient is written out by hand
-//!   (the formulas are at `loss_and_grad` in the source) instead of going through autograd: the two
-//!   `(n, d)` products (logits, ∂/∂W) run through candle's f32 matmul, the per-row softmax /
-//!   SmoothMax / BCE arithmetic in f64, Adam on the flattened parameters (stored in f32 like
-//!   torch's). Against the official torch loop this matches the loss to ~6e-7 relative and the
-//!   best-epoch weights to ~1e-6, and is 3–5× faster than the autograd version it replaced
-//!   (`BENCHMARKS.md`, adue-fit-6k).
+//!   (the formulas are at `loss_and_grad` in the source) instead of going through autograd. One
+//!   pass over the rows computes the logits (f32), the per-row softmax / SmoothMax / BCE
+//!   arithmetic (f64) and ∂/∂W (f32 within blocks of 128 rows, f64 across them;
+//!   [`replens_kernels::linear_head_pass`]); Adam runs on the flattened parameters (stored in
+//!   f32 like torch's). `BENCHMARKS.md` (adue-fit-6k) has the agreement with the official torch
+//!   loop and the times.
 //! * Both softmaxes subtract their row maximum (exp(100) overflows f32, and in f64 it keeps
 //!   the sums well scaled).
 //! * The BCE clamps both logarithms at −100 like `torch.nn.BCELoss` (inactive here: U is
@@ -160,7 +160,21 @@ impl LinearHead {
         if n == 0 {
             return Err(invalid(format!("{what}: z has no rows (empty split)")));
         }
-        f32_copy(z, &format!("{what}: z"))
+        let what = format!("{what}: z");
+        if z.dtype() != DType::F32 || !z.device().is_cpu() || !z.is_contiguous() {
+            return f32_copy(z, &what);
+        }
+        // Already f32 in one block: checked in place and used as it is (features are only read,
+        // and only during the call), instead of copying what can be hundreds of MB.
+        let bad = with_rows(z, |v| {
+            v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))
+        })?;
+        if let Some((i, v)) = bad {
+            return Err(invalid(format!(
+                "{what}: element {i} (flattened) is {v} (must be finite)"
+            )));
+        }
+        Ok(z.clone())
     }
 }
 
@@ -609,12 +623,9 @@ impl AdueHead {
             bias: self.bias.clone(),
         };
         let z = head.features(z, "AdueHead::uncertainty")?;
-        uncertainties(
-            &z,
-            &self.weight.flatten_all()?.to_vec1::<f32>()?,
-            &self.bias.to_vec1::<f32>()?,
-            self.lambda,
-        )
+        let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        let b = self.bias.to_vec1::<f32>()?;
+        with_rows(&z, |z| uncertainties(z, &w, &b, self.lambda))
     }
 
     /// Per-epoch record (empty for an untrained head).
@@ -682,25 +693,36 @@ fn uncertainty_row(a: &[f32], lambda: f64, p: &mut [f64], q: &mut [f64]) -> (f64
     (u.clamp(U_MIN, U_MAX), (U_MIN..=U_MAX).contains(&u))
 }
 
-/// Logits `z Wᵀ + b`, row-major `(n, C)`: the product through candle's matmul, the bias here.
-fn logits_rows(z: &Tensor, w: &[f32], b: &[f32]) -> Result<Vec<f32>> {
-    let c = b.len();
-    let wt = Tensor::from_slice(w, (c, w.len() / c), &Device::Cpu)?;
-    let mut a = z.matmul(&wt.t()?)?.flatten_all()?.to_vec1::<f32>()?;
-    for row in a.chunks_exact_mut(c) {
-        row.iter_mut().zip(b).for_each(|(v, &bc)| *v += bc);
+/// Runs `f` on the values of `z`, a contiguous f32 CPU tensor (as [`LinearHead::features`]
+/// makes them), without copying them.
+fn with_rows<R>(z: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = z.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(invalid("AdUE: features must be on the CPU".into()));
+    };
+    let start = layout.start_offset();
+    let values = cpu.as_slice::<f32>()?;
+    match values.get(start..start + z.elem_count()) {
+        Some(rows) if z.is_contiguous() => Ok(f(rows)),
+        _ => Err(invalid(format!(
+            "AdUE: features of shape {:?} are not one contiguous block",
+            z.dims()
+        ))),
     }
-    Ok(a)
 }
 
-/// U = clamp((1 − SmoothMax_λ(softmax(zWᵀ + b))) / (1 − 1/C), 1e-8, 1 − 1e-8) of every row.
-fn uncertainties(z: &Tensor, w: &[f32], b: &[f32], lambda: f64) -> Result<Vec<f64>> {
+/// U = clamp((1 − SmoothMax_λ(softmax(zWᵀ + b))) / (1 − 1/C), 1e-8, 1 − 1e-8) of every row of
+/// `z` (`n × d`, row-major); the logits as the training pass computes them.
+fn uncertainties(z: &[f32], w: &[f32], b: &[f32], lambda: f64) -> Vec<f64> {
     let c = b.len();
+    let d = w.len() / c;
+    let mut logits = vec![0.0f32; z.len() / d * c];
+    replens_kernels::linear_head_logits(z, d, w, b, &mut logits);
     let (mut p, mut q) = (vec![0.0; c], vec![0.0; c]);
-    Ok(logits_rows(z, w, b)?
+    logits
         .chunks_exact(c)
         .map(|a| uncertainty_row(a, lambda, &mut p, &mut q).0)
-        .collect())
+        .collect()
 }
 
 /// The loss of one batch and its gradient with respect to (W, b), flattened as W then b.
@@ -723,11 +745,13 @@ struct Step {
 ///   ∂/∂W  = g_aᵀ z + 2β(W − W₀),   ∂/∂b = Σ_rows g_a + 2β(b − b₀)
 /// ```
 ///
-/// The BCE's logarithms are clamped at −100 like `torch.nn.BCELoss` (U ∈ [1e-8, 1 − 1e-8]
+/// The logits, g_a and g_aᵀ z come from one pass over the rows of `z` (`B × d`, row-major;
+/// [`replens_kernels::linear_head_pass`]): with C = 2 a step is bound by reading `z`, which
+/// two matrix products read twice. The BCE's logarithms are clamped at −100 like `torch.nn.BCELoss` (U ∈ [1e-8, 1 − 1e-8]
 /// keeps them far above it in f64).
 #[allow(clippy::too_many_arguments)]
 fn loss_and_grad(
-    z: &Tensor,
+    z: &[f32],
     e: &[f64],
     u_sr: &[f64],
     params: &[f32],
@@ -740,34 +764,35 @@ fn loss_and_grad(
     let rows = e.len();
     let d = (params.len() - c) / c;
     let (w, b) = params.split_at(c * d);
-    let logits = logits_rows(z, w, b)?;
     let inv_b = 1.0 / rows as f64;
     let norm = 1.0 / (1.0 - 1.0 / c as f64);
-    let (mut p, mut q, mut g) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
-    // ∂loss/∂logits, stored class-major (C, B) so that ∂/∂W is one (C, B)·(B, d) product
-    let mut grad_logits = vec![0.0f32; c * rows];
-    let (mut bce, mut reg) = (0.0, 0.0);
-    for (i, a) in logits.chunks_exact(c).enumerate() {
-        let (u, inside) = uncertainty_row(a, lambda, &mut p, &mut q);
-        let (ei, si) = (e[i], u_sr[i]);
-        bce -= ei * u.ln().max(-100.0) + (1.0 - ei) * (1.0 - u).ln().max(-100.0);
-        reg += (u - si) * (u - si);
-        if !inside {
-            continue;
+    let (mut gw, mut gb) = (vec![0.0f64; c * d], vec![0.0f64; c]);
+    let blocks = replens_kernels::linear_head_pass(z, d, w, b, &mut gw, &mut gb, |first, a, ga| {
+        let (mut p, mut q, mut g) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
+        let (mut bce, mut reg) = (0.0, 0.0);
+        for (i, (a, ga)) in a.chunks_exact(c).zip(ga.chunks_exact_mut(c)).enumerate() {
+            let (u, inside) = uncertainty_row(a, lambda, &mut p, &mut q);
+            let (ei, si) = (e[first + i], u_sr[first + i]);
+            bce -= ei * u.ln().max(-100.0) + (1.0 - ei) * (1.0 - u).ln().max(-100.0);
+            reg += (u - si) * (u - si);
+            if !inside {
+                continue;
+            }
+            let g_u = inv_b * ((1.0 - ei) / (1.0 - u) - ei / u) + 2.0 * alpha * inv_b * (u - si);
+            let mut dot = 0.0;
+            for k in 0..c {
+                g[k] = -g_u * q[k] * norm;
+                dot += p[k] * g[k];
+            }
+            for k in 0..c {
+                ga[k] = (p[k] * (g[k] - dot)) as f32;
+            }
         }
-        let g_u = inv_b * ((1.0 - ei) / (1.0 - u) - ei / u) + 2.0 * alpha * inv_b * (u - si);
-        let mut dot = 0.0;
-        for k in 0..c {
-            g[k] = -g_u * q[k] * norm;
-            dot += p[k] * g[k];
-        }
-        for k in 0..c {
-            grad_logits[k * rows + i] = (p[k] * (g[k] - dot)) as f32;
-        }
-    }
-    let ga = Tensor::from_vec(grad_logits, (c, rows), &Device::Cpu)?;
-    let gw = ga.matmul(z)?.flatten_all()?.to_vec1::<f32>()?;
-    let gb = ga.sum(1)?.to_vec1::<f32>()?;
+        (bce, reg)
+    });
+    let (bce, reg) = blocks
+        .iter()
+        .fold((0.0, 0.0), |(b0, r0), (b1, r1)| (b0 + b1, r0 + r1));
     let mut l2sp = 0.0;
     let grad = gw
         .iter()
@@ -776,7 +801,7 @@ fn loss_and_grad(
         .map(|(&gi, (&th, &th0))| {
             let diff = f64::from(th) - f64::from(th0);
             l2sp += diff * diff;
-            f64::from(gi) + 2.0 * beta * diff
+            gi + 2.0 * beta * diff
         })
         .collect();
     let (bce, reg) = (bce * inv_b, reg * inv_b);
@@ -791,7 +816,7 @@ fn loss_and_grad(
 
 fn val_auc(params: &[f32], c: usize, lambda: f64, val: &Prepared, epoch: usize) -> Result<f64> {
     let (w, b) = params.split_at(params.len() - c);
-    let u = uncertainties(&val.z, w, b, lambda)?;
+    let u = with_rows(&val.z, |z| uncertainties(z, w, b, lambda))?;
     if u.iter().any(|v| !v.is_finite()) {
         return Err(invalid(format!(
             "AdUE: training diverged (non-finite uncertainty on validation after epoch {epoch}); \
@@ -834,33 +859,43 @@ fn fit_prepared(
     let mut since_best = 0;
     let mut step = 0;
     let mut progress = progress_label.map(|l| Progress::new(l, cfg.epochs, cfg.verbose));
-    let (mut e, mut u_sr) = (Vec::new(), Vec::new());
+    let d = classifier.dim();
+    let (mut e, mut u_sr, mut batch_z) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 1..=cfg.epochs {
         order.shuffle(&mut rng);
         let (mut loss_sum, mut bce_sum, mut reg_sum, mut l2sp_sum) = (0.0, 0.0, 0.0, 0.0);
         let mut lr = cfg.lr;
         for chunk in order.chunks(cfg.batch_size) {
             // A batch of every row needs no gather: the loss is a sum over rows.
-            let z = if chunk.len() == train.n {
-                train.z.clone()
+            let parts = if chunk.len() == train.n {
+                with_rows(&train.z, |z| {
+                    loss_and_grad(
+                        z,
+                        &train.e,
+                        &train.u_sr,
+                        &params,
+                        &params0,
+                        c,
+                        cfg.lambda,
+                        cfg.alpha,
+                        cfg.beta,
+                    )
+                })??
             } else {
-                train
-                    .z
-                    .index_select(&Tensor::new(chunk, &Device::Cpu)?, 0)?
+                with_rows(&train.z, |z| {
+                    batch_z.clear();
+                    for &i in chunk {
+                        batch_z.extend_from_slice(&z[i as usize * d..(i as usize + 1) * d]);
+                    }
+                })?;
+                e.clear();
+                e.extend(chunk.iter().map(|&i| train.e[i as usize]));
+                u_sr.clear();
+                u_sr.extend(chunk.iter().map(|&i| train.u_sr[i as usize]));
+                loss_and_grad(
+                    &batch_z, &e, &u_sr, &params, &params0, c, cfg.lambda, cfg.alpha, cfg.beta,
+                )?
             };
-            let rows = |v: &[f64], out: &mut Vec<f64>| {
-                out.clear();
-                if chunk.len() == train.n {
-                    out.extend_from_slice(v);
-                } else {
-                    out.extend(chunk.iter().map(|&i| v[i as usize]));
-                }
-            };
-            rows(&train.e, &mut e);
-            rows(&train.u_sr, &mut u_sr);
-            let parts = loss_and_grad(
-                &z, &e, &u_sr, &params, &params0, c, cfg.lambda, cfg.alpha, cfg.beta,
-            )?;
             let loss = parts.total;
             if !loss.is_finite() {
                 return Err(invalid(format!(

@@ -9,7 +9,9 @@
 //!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
 //!   f64 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
-//!   [`scaled_masked_softmax`]) behind `replens`'s CPU inference passes.
+//!   [`scaled_masked_softmax`]) behind `replens`'s CPU inference passes;
+//! * one-pass training steps of a small linear head ([`linear_head_pass`],
+//!   [`linear_head_logits`]) behind the AdUE head.
 //!
 //! They live in their own crate only for build reasons: replens's dev/test profile compiles the
 //! main crate at opt-level 1 (fast builds), which leaves these loops scalar and bounds-checked,
@@ -32,6 +34,7 @@ use rayon::prelude::*;
 mod buffer;
 mod encoder;
 mod gram;
+mod linear_head;
 mod pairwise;
 mod rowwise;
 pub use buffer::zeroed_buffer;
@@ -40,6 +43,7 @@ pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
     mirror_upper, GramOf, Real, GRAM_BLOCK,
 };
+pub use linear_head::{linear_head_logits, linear_head_pass};
 pub use pairwise::{
     lower_median_upper, rbf_upper, sq_distances_from_gram_upper, symmetric_quadratic_forms,
     KernelSums,
