@@ -388,8 +388,8 @@ impl Norm {
         self.forward_sum(x, None)
     }
 
-    /// Normalise `x + residual` (or `x`) over the last dimension. f64 CPU inference runs as one
-    /// fused kernel computing the same operations ([`super::fast::add_layer_norm`]).
+    /// Normalise `x + residual` (or `x`) over the last dimension. CPU inference (f64 or f32)
+    /// runs as one fused kernel computing the same operations ([`super::fast::add_layer_norm`]).
     fn forward_sum(&self, x: &Tensor, residual: Option<&Tensor>) -> candle_core::Result<Tensor> {
         if let Some(y) =
             super::fast::add_layer_norm(x, residual, &self.weight, &self.bias, self.eps)?
@@ -445,8 +445,8 @@ struct Layer {
 }
 
 impl Layer {
-    /// `act(h · W + b)` of `BertIntermediate`. Without an adapter, f64 CPU inference with the
-    /// exact GELU adds the bias and applies the GELU in one fused kernel
+    /// `act(h · W + b)` of `BertIntermediate`. Without an adapter, CPU inference (f64 or f32)
+    /// with the exact GELU adds the bias and applies the GELU in one fused kernel
     /// ([`super::fast::bias_gelu`]), computing the same values as the separate ops.
     fn intermediate_activation(
         &self,
@@ -762,7 +762,15 @@ impl Attention {
         // HF eager_attention_forward: (q · kᵀ) * head_dim^-0.5, + mask, softmax.
         let scale = (head_dim as f64).powf(-0.5);
         let raw = super::fast::matmul(&q, &k.t()?)?;
-        let probs = match super::fast::scaled_masked_softmax(&raw, bias, scale)? {
+        // A training pass in f32 (LoRA's default) keeps the differentiable softmax even where
+        // nothing is tracked yet, as before the f32 kernel existed: the two differ by a few ulp,
+        // and the fine-tuning results are pinned by tests and notebooks.
+        let fused = if pass.train && raw.dtype() == DType::F32 {
+            None
+        } else {
+            super::fast::scaled_masked_softmax(&raw, bias, scale)?
+        };
+        let probs = match fused {
             Some(probs) => probs,
             None => {
                 let masked = (raw * scale)?.broadcast_add(bias)?;
@@ -1024,67 +1032,91 @@ mod tests {
             .collect()
     }
 
-    fn f64_tensor(v: Vec<f64>, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(v, shape, &candle_core::Device::Cpu).unwrap()
+    fn tensor(v: Vec<f64>, shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+            .and_then(|t| t.to_dtype(dtype))
+            .unwrap()
     }
 
+    /// The bit patterns of `t`'s values, widened losslessly to f64.
     fn bits(t: &Tensor) -> Vec<u64> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
+        t.to_dtype(DType::F64)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f64>())
             .unwrap()
             .into_iter()
             .map(f64::to_bits)
             .collect()
     }
 
-    /// The fused f64 kernels of the inference pass compute what the candle ops computed, to the
-    /// bit, below and above the kernels' parallel threshold.
+    /// The fused kernels of the inference pass compute what the candle ops computed, to the
+    /// bit, in f64 and f32, below and above the kernels' parallel threshold, with widths that
+    /// leave a tail after candle's 32-value f32 steps (d = 100) and none (d = 384).
     #[test]
     fn fused_encoder_kernels_equal_the_candle_ops_bit_for_bit() {
-        let d = 384;
-        for rows in [3, 200] {
-            let norm = Norm {
-                weight: f64_tensor(values(d, 1, 1.0), &[d]),
-                bias: f64_tensor(values(d, 2, 0.1), &[d]),
-                eps: 1e-12,
-            };
-            let x = f64_tensor(values(rows * d, 3, 3.0), &[rows, d]);
-            let r = f64_tensor(values(rows * d, 4, 3.0), &[rows, d]);
-            let fused = norm.forward_sum(&x, Some(&r)).unwrap();
-            let generic = norm.forward_generic(&(&x + &r).unwrap()).unwrap();
-            assert_eq!(bits(&fused), bits(&generic), "add + LayerNorm, {rows} rows");
-            let fused = norm.forward(&x).unwrap();
-            assert_eq!(bits(&fused), bits(&norm.forward_generic(&x).unwrap()));
+        for dtype in [DType::F64, DType::F32] {
+            for (d, rows) in [(384, 3), (384, 200), (100, 7), (100, 500)] {
+                let norm = Norm {
+                    weight: tensor(values(d, 1, 1.0), &[d], dtype),
+                    bias: tensor(values(d, 2, 0.1), &[d], dtype),
+                    eps: 1e-12,
+                };
+                let x = tensor(values(rows * d, 3, 3.0), &[rows, d], dtype);
+                let r = tensor(values(rows * d, 4, 3.0), &[rows, d], dtype);
+                let fused = norm.forward_sum(&x, Some(&r)).unwrap();
+                let direct = super::super::fast::add_layer_norm(
+                    &x,
+                    Some(&r),
+                    &norm.weight,
+                    &norm.bias,
+                    1e-12,
+                );
+                assert!(
+                    direct.unwrap().is_some(),
+                    "the fused path is taken in {dtype:?}"
+                );
+                let generic = norm.forward_generic(&(&x + &r).unwrap()).unwrap();
+                let what = format!("{dtype:?}, d {d}, {rows} rows");
+                assert_eq!(bits(&fused), bits(&generic), "add + LayerNorm, {what}");
+                let fused = norm.forward(&x).unwrap();
+                assert_eq!(bits(&fused), bits(&norm.forward_generic(&x).unwrap()));
 
-            let b = f64_tensor(values(4 * d, 5, 0.5), &[4 * d]);
-            let xw = f64_tensor(values(rows * 4 * d, 6, 4.0), &[rows, 4 * d]);
-            let fused = super::super::fast::bias_gelu(&xw, &b).unwrap().unwrap();
-            let generic = xw.broadcast_add(&b).unwrap().gelu_erf().unwrap();
-            assert_eq!(bits(&fused), bits(&generic), "bias + GELU, {rows} rows");
+                let b = tensor(values(4 * d, 5, 0.5), &[4 * d], dtype);
+                let xw = tensor(values(rows * 4 * d, 6, 4.0), &[rows, 4 * d], dtype);
+                let fused = super::super::fast::bias_gelu(&xw, &b).unwrap().unwrap();
+                let generic = xw.broadcast_add(&b).unwrap().gelu_erf().unwrap();
+                assert_eq!(bits(&fused), bits(&generic), "bias + GELU, {what}");
+            }
+            // (batch 3, heads 4, t queries, t keys), the last keys of two rows masked as
+            // padding; t = 40 leaves a tail after 32 values, t = 64 none.
+            for t in [40, 64] {
+                let (b, h) = (3, 4);
+                let scores = tensor(values(b * h * t * t, 7, 30.0), &[b, h, t, t], dtype);
+                let mask: Vec<f64> = (0..b * t)
+                    .map(|i| {
+                        if i % t >= t - 5 * (i / t) {
+                            f64::from(f32::MIN)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let mask = tensor(mask, &[b, 1, 1, t], dtype);
+                let scale = 0.125;
+                let fused = super::super::fast::scaled_masked_softmax(&scores, &mask, scale)
+                    .unwrap()
+                    .unwrap();
+                let generic = candle_nn::ops::softmax_last_dim(
+                    &(&scores * scale).unwrap().broadcast_add(&mask).unwrap(),
+                )
+                .unwrap();
+                assert_eq!(
+                    bits(&fused),
+                    bits(&generic),
+                    "scaled masked softmax, {dtype:?}, t {t}"
+                );
+            }
         }
-        // (batch 3, heads 4, 40 queries, 40 keys), the last keys of two rows masked as padding.
-        let (b, h, t) = (3, 4, 40);
-        let scores = f64_tensor(values(b * h * t * t, 7, 30.0), &[b, h, t, t]);
-        let mask: Vec<f64> = (0..b * t)
-            .map(|i| {
-                if i % t >= t - 5 * (i / t) {
-                    f64::from(f32::MIN)
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = f64_tensor(mask, &[b, 1, 1, t]);
-        let scale = 0.125;
-        let fused = super::super::fast::scaled_masked_softmax(&scores, &mask, scale)
-            .unwrap()
-            .unwrap();
-        let generic = candle_nn::ops::softmax_last_dim(
-            &(&scores * scale).unwrap().broadcast_add(&mask).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(bits(&fused), bits(&generic), "scaled masked softmax");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! CPU fast paths for the hot operations of a forward pass: in f32 for a decoder block (RMSNorm,
-//! residual sums, the SwiGLU gate, blocked linear layers), in f64 for a BERT-family encoder layer
-//! (residual sum + LayerNorm, bias + GELU, scaled masked softmax), and the attention's batched
-//! products in either.
+//! residual sums, the SwiGLU gate, blocked linear layers), in f64 or f32 for a BERT-family
+//! encoder layer (residual sum + LayerNorm, bias + GELU, scaled masked softmax), and the
+//! attention's batched products in either.
 //!
 //! Why: each of candle's element-wise ops over 64k elements or more runs on candle's own
 //! barrier pool, whose workers then spin for ~25,000 `pause`s, while the matmuls run on rayon's
@@ -166,8 +166,8 @@ pub(crate) fn blocked_matmul(
     })
 }
 
-/// HF `nn.LayerNorm` of `a + b` (or of `a`) over the last dimension, in f64 (the BERT family's
-/// compute precision): [`replens_kernels::add_layer_norm`].
+/// HF `nn.LayerNorm` of `a + b` (or of `a`) over the last dimension, in the encoder's compute
+/// precision (f64 by default, f32 opt-in): [`replens_kernels::add_layer_norm`] and its f32 twin.
 pub(crate) fn add_layer_norm(
     a: &Tensor,
     b: Option<&Tensor>,
@@ -186,25 +186,38 @@ pub(crate) fn add_layer_norm(
     }
     let mut inputs = vec![a, weight, bias];
     inputs.extend(b);
-    with_cpu(&inputs, a.dims(), |s, out| {
-        replens_kernels::add_layer_norm(s[0], s.get(3).copied(), s[1], s[2], eps, out)
-    })
+    match a.dtype() {
+        DType::F64 => with_cpu(&inputs, a.dims(), |s, out| {
+            replens_kernels::add_layer_norm(s[0], s.get(3).copied(), s[1], s[2], eps, out)
+        }),
+        DType::F32 => with_cpu(&inputs, a.dims(), |s, out| {
+            replens_kernels::add_layer_norm_f32(s[0], s.get(3).copied(), s[1], s[2], eps, out)
+        }),
+        _ => Ok(None),
+    }
 }
 
-/// `gelu_erf(xw + bias)` for `xw` `(rows, width)` and `bias` `(width,)`, in f64:
-/// [`replens_kernels::bias_gelu`].
+/// `gelu_erf(xw + bias)` for `xw` `(rows, width)` and `bias` `(width,)`, in f64 or f32:
+/// [`replens_kernels::bias_gelu`] and its f32 twin.
 pub(crate) fn bias_gelu(xw: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
     let width = bias.elem_count();
     if bias.rank() != 1 || xw.dims().last() != Some(&width) || width == 0 {
         return Ok(None);
     }
-    with_cpu(&[xw, bias], xw.dims(), |s, out| {
-        replens_kernels::bias_gelu(s[0], s[1], out)
-    })
+    match xw.dtype() {
+        DType::F64 => with_cpu(&[xw, bias], xw.dims(), |s, out| {
+            replens_kernels::bias_gelu(s[0], s[1], out)
+        }),
+        DType::F32 => with_cpu(&[xw, bias], xw.dims(), |s, out| {
+            replens_kernels::bias_gelu_f32(s[0], s[1], out)
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// `softmax(scores · scale + key_bias)` for attention scores `(b, h, q, k)` and an additive key
-/// mask `(b, 1, 1, k)`, in f64: [`replens_kernels::scaled_masked_softmax`].
+/// mask `(b, 1, 1, k)`, in f64 or f32: [`replens_kernels::scaled_masked_softmax`] and its f32
+/// twin.
 pub(crate) fn scaled_masked_softmax(
     scores: &Tensor,
     key_bias: &Tensor,
@@ -216,9 +229,16 @@ pub(crate) fn scaled_masked_softmax(
     if key_bias.dims() != [b, 1, 1, k] || k == 0 {
         return Ok(None);
     }
-    with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
-        replens_kernels::scaled_masked_softmax(s[0], s[1], scale, (b, h, q, k), out)
-    })
+    let dims = (b, h, q, k);
+    match scores.dtype() {
+        DType::F64 => with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
+            replens_kernels::scaled_masked_softmax(s[0], s[1], scale, dims, out)
+        }),
+        DType::F32 => with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
+            replens_kernels::scaled_masked_softmax_f32(s[0], s[1], scale, dims, out)
+        }),
+        _ => Ok(None),
+    }
 }
 
 /// Strides of a batched matrix operand: (batch count, batch stride, row stride, column stride),

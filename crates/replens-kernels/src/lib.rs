@@ -8,8 +8,8 @@
 //!   ([`sq_distances_from_gram_upper`], [`lower_median_upper`], [`rbf_upper`],
 //!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
-//!   f64 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
-//!   [`scaled_masked_softmax`]) behind `replens`'s CPU inference passes;
+//!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
+//!   [`scaled_masked_softmax`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
 //!
@@ -38,7 +38,10 @@ mod linear_head;
 mod pairwise;
 mod rowwise;
 pub use buffer::zeroed_buffer;
-pub use encoder::{add_layer_norm, bias_gelu, scaled_masked_softmax};
+pub use encoder::{
+    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, scaled_masked_softmax,
+    scaled_masked_softmax_f32,
+};
 pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
     mirror_upper, GramOf, Real, GRAM_BLOCK,
