@@ -39,7 +39,7 @@ mod pairwise;
 mod rowwise;
 pub use buffer::zeroed_buffer;
 pub use encoder::{
-    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, scaled_masked_softmax,
+    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, erf_f32, scaled_masked_softmax,
     scaled_masked_softmax_f32,
 };
 pub use gram::{
