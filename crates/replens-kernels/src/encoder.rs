@@ -5,9 +5,7 @@
 //! Each computes what the chain of candle ops it replaces computes, operation for operation
 //! (the same sums in the same order, the same `erf` and `exp`), so the results are the same to
 //! the bit (replens tests this against the candle ops). candle sums an f64 row in order and an
-//! f32 row, on CPUs with AVX2, in 32 interleaved partial sums ([`Float::row_sum`]). The one
-//! exception is the f32 GELU, whose `erf` ([`erf_f32`]) is vectorised: within an ulp of the C
-//! library's `erff` that candle calls, and four times faster.
+//! f32 row, on CPUs with AVX2, in 32 interleaved partial sums ([`Float::row_sum`]).
 
 use crate::rowwise::for_rows;
 
@@ -229,9 +227,7 @@ pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
     bias_gelu_rows(x, bias, out)
 }
 
-/// [`bias_gelu`] in f32: candle's f32 `gelu_erf`, `(erf(y·(1/√2)) + 1) · 0.5 · y` with each
-/// operation rounded to f32, except that `erf` is [`erf_f32`] (vectorised, within an ulp of the
-/// C library's `erff`, which candle calls one value at a time).
+/// [`bias_gelu`] in f32 (candle's f32 `gelu_erf`, with `erff`).
 ///
 /// # Panics
 /// When the slices disagree in size.
@@ -243,150 +239,7 @@ pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
 /// assert!((out[1] - 0.841_344_7).abs() < 1e-6);
 /// ```
 pub fn bias_gelu_f32(x: &[f32], bias: &[f32], out: &mut [f32]) {
-    let width = bias.len();
-    assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
-    for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::has_avx2() {
-            // SAFETY: the CPU supports AVX2 (checked at run time).
-            unsafe { simd::gelu_row_avx2(x, bias, o) };
-            return;
-        }
-        gelu_row_f32(x, bias, o);
-    });
-}
-
-/// Values per step of [`erf_f32`]: eight independent chains of four f64 lanes, so that the
-/// polynomial's multiply-adds are not serialised on their latency.
-const ERF_CHUNK: usize = 32;
-
-/// Terms of the Taylor series of erf(u)/u in w = u² that [`erf_f32`] sums: the 46th term is
-/// below 1e-15 for |u| ≤ 3.
-const ERF_TERMS: usize = 46;
-
-/// Above this |u| [`erf_f32`] defers to the C library's `erff` (and there erf(u) rounds to ±1 in
-/// f32 from |u| ≈ 3.84 on).
-const ERF_SERIES_MAX: f32 = 3.0;
-
-/// (2/√π)·(−1)ⁿ / (n!·(2n + 1)), n = 0..ERF_TERMS: erf(u) = u · Σ cₙ u²ⁿ.
-const ERF_SERIES: [f64; ERF_TERMS] = erf_series();
-
-const fn erf_series() -> [f64; ERF_TERMS] {
-    let two_over_sqrt_pi = std::f64::consts::FRAC_2_SQRT_PI;
-    let mut c = [0.0; ERF_TERMS];
-    let mut term = 1.0; // (−1)ⁿ / n!
-    let mut n = 0;
-    while n < ERF_TERMS {
-        c[n] = two_over_sqrt_pi * term / (2 * n + 1) as f64;
-        term = -term / (n + 1) as f64;
-        n += 1;
-    }
-    c
-}
-
-/// erf of each value, rounded to f32. For |u| ≤ 3 the Taylor series is summed in f64 by Horner's
-/// rule (absolute error ~1e-11, so the f32 result is the correctly rounded one but for rare
-/// near-ties); beyond, and for NaN, the C library's `erff`. Within one ulp of `erff`
-/// everywhere (tested on 2·10⁷ points).
-///
-/// # Panics
-/// When `u` and `out` differ in length.
-///
-/// ```
-/// let mut e = [0.0f32; 3];
-/// replens_kernels::erf_f32(&[0.0, 0.5, -10.0], &mut e);
-/// assert_eq!(e, [0.0, 0.520_499_9, -1.0]);
-/// ```
-pub fn erf_f32(u: &[f32], out: &mut [f32]) {
-    assert_eq!(u.len(), out.len());
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        unsafe { simd::erf_avx2(u, out) };
-        return;
-    }
-    erf_values(u, out);
-}
-
-#[inline(always)]
-fn erf_values(u: &[f32], out: &mut [f32]) {
-    let mut chunks = u.chunks_exact(ERF_CHUNK);
-    let mut outs = out.chunks_exact_mut(ERF_CHUNK);
-    for (u, o) in (&mut chunks).zip(&mut outs) {
-        erf_chunk(u.try_into().unwrap(), o.try_into().unwrap());
-    }
-    // The tail goes through a zero-padded chunk, so every value is computed the same way.
-    let (u, o) = (chunks.remainder(), outs.into_remainder());
-    if !u.is_empty() {
-        let mut padded = [0.0f32; ERF_CHUNK];
-        padded[..u.len()].copy_from_slice(u);
-        let mut result = [0.0f32; ERF_CHUNK];
-        erf_chunk(&padded, &mut result);
-        o.copy_from_slice(&result[..u.len()]);
-    }
-}
-
-#[inline(always)]
-fn erf_chunk(u: &[f32; ERF_CHUNK], out: &mut [f32; ERF_CHUNK]) {
-    let mut w = [0.0f64; ERF_CHUNK];
-    for (w, &u) in w.iter_mut().zip(u) {
-        let u = f64::from(u);
-        *w = u * u;
-    }
-    let mut acc = [ERF_SERIES[ERF_TERMS - 1]; ERF_CHUNK];
-    for &c in ERF_SERIES[..ERF_TERMS - 1].iter().rev() {
-        for (a, &w) in acc.iter_mut().zip(&w) {
-            *a = *a * w + c;
-        }
-    }
-    for ((o, &u), &a) in out.iter_mut().zip(u).zip(&acc) {
-        *o = (f64::from(u) * a) as f32;
-    }
-    for (o, &u) in out.iter_mut().zip(u) {
-        // beyond the series, and NaN
-        if u.abs() > ERF_SERIES_MAX || u.is_nan() {
-            *o = libm::erff(u);
-        }
-    }
-}
-
-/// One row of [`bias_gelu_f32`].
-#[inline(always)]
-fn gelu_row_f32(x: &[f32], bias: &[f32], out: &mut [f32]) {
-    for ((o, &v), &b) in out.iter_mut().zip(x).zip(bias) {
-        *o = (v + b) * std::f32::consts::FRAC_1_SQRT_2;
-    }
-    let mut e = [0.0f32; ERF_CHUNK];
-    for (o, (x, b)) in out
-        .chunks_mut(ERF_CHUNK)
-        .zip(x.chunks(ERF_CHUNK).zip(bias.chunks(ERF_CHUNK)))
-    {
-        let e = &mut e[..o.len()];
-        erf_values(o, e);
-        for (((o, &e), &v), &b) in o.iter_mut().zip(e.iter()).zip(x).zip(b) {
-            let y = v + b;
-            *o = (e + 1.0) * 0.5 * y;
-        }
-    }
-}
-
-/// The f32 GELU loops compiled for AVX2 as well (4 f64 lanes against SSE2's 2), chosen at run
-/// time; no multiply-add is fused, so both builds give the same values.
-#[cfg(target_arch = "x86_64")]
-mod simd {
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn erf_avx2(u: &[f32], out: &mut [f32]) {
-        super::erf_values(u, out)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gelu_row_avx2(x: &[f32], bias: &[f32], out: &mut [f32]) {
-        super::gelu_row_f32(x, bias, out)
-    }
+    bias_gelu_rows(x, bias, out)
 }
 
 fn bias_gelu_rows<T: Float>(x: &[T], bias: &[T], out: &mut [T]) {
@@ -475,115 +328,4 @@ fn softmax_rows<T: Float>(
             *v /= sum;
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Distance in units in the last place between two finite f32 of the same sign (or zero).
-    fn ulps(a: f32, b: f32) -> u32 {
-        let key = |x: f32| {
-            let bits = x.to_bits() as i64;
-            if bits < 0 {
-                -(bits & 0x7fff_ffff)
-            } else {
-                bits
-            }
-        };
-        (key(a) - key(b)).unsigned_abs() as u32
-    }
-
-    #[test]
-    fn erf_is_within_an_ulp_of_erff() {
-        // 2·10⁷ points over [−5, 5], both sides of the series' limit, plus special values.
-        let n = 20_000_000;
-        let mut u: Vec<f32> = (0..n)
-            .map(|i| -5.0 + 10.0 * (i as f64 + 0.5) / n as f64)
-            .map(|v| v as f32)
-            .collect();
-        u.extend([
-            0.0,
-            -0.0,
-            3.0,
-            -3.0,
-            3.0000002,
-            f32::MIN_POSITIVE,
-            1e-30,
-            1e30,
-            -1e30,
-        ]);
-        u.extend([f32::INFINITY, f32::NEG_INFINITY]);
-        let mut e = vec![0.0f32; u.len()];
-        erf_f32(&u, &mut e);
-        let (mut worst, mut off_libm, mut off_rounded) = (0, 0usize, 0usize);
-        for (&u, &e) in u.iter().zip(&e) {
-            let libm_value = libm::erff(u);
-            let d = ulps(e, libm_value);
-            worst = worst.max(d);
-            off_libm += usize::from(d > 0);
-            off_rounded += usize::from(e != libm::erf(f64::from(u)) as f32);
-            assert_eq!(e.to_bits() >> 31, libm_value.to_bits() >> 31, "sign at {u}");
-        }
-        eprintln!(
-            "erf_f32: {off_libm} of {} values differ from erff (by at most {worst} ulp), \
-             {off_rounded} from erf rounded from f64",
-            u.len()
-        );
-        assert!(worst <= 1, "{worst} ulp");
-        assert!(
-            off_rounded * 10_000 < u.len(),
-            "{off_rounded} not correctly rounded"
-        );
-        let mut nan = [0.0f32];
-        erf_f32(&[f32::NAN], &mut nan);
-        assert!(nan[0].is_nan());
-    }
-
-    #[test]
-    fn erf_builds_and_tails_agree() {
-        let u: Vec<f32> = crate::uniform(11, 1000)
-            .into_iter()
-            .map(|v| (8.0 * v - 4.0) as f32)
-            .collect();
-        let mut all = vec![0.0f32; u.len()];
-        erf_values(&u, &mut all);
-        // a slice whose length leaves a tail gives the same values as inside a full chunk
-        let mut part = vec![0.0f32; 45];
-        erf_values(&u[..45], &mut part);
-        assert_eq!(part, all[..45]);
-        #[cfg(target_arch = "x86_64")]
-        if crate::simd::has_avx2() {
-            let mut fast = vec![0.0f32; u.len()];
-            unsafe { simd::erf_avx2(&u, &mut fast) };
-            assert_eq!(fast, all);
-        }
-    }
-
-    /// The f32 GELU is candle's formula with erff replaced: within the rounding of one ulp of erf.
-    #[test]
-    fn gelu_f32_follows_candles_formula() {
-        let width = 100;
-        let x: Vec<f32> = crate::uniform(12, 30 * width)
-            .into_iter()
-            .map(|v| (16.0 * v - 8.0) as f32)
-            .collect();
-        let bias: Vec<f32> = crate::uniform(13, width)
-            .into_iter()
-            .map(|v| v as f32 - 0.5)
-            .collect();
-        let mut out = vec![0.0f32; x.len()];
-        bias_gelu_f32(&x, &bias, &mut out);
-        let mut exact = 0;
-        for (i, (&v, &o)) in x.iter().zip(&out).enumerate() {
-            let y = v + bias[i % width];
-            let candle = (libm::erff(y * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * y;
-            exact += usize::from(candle == o);
-            assert!(
-                (candle - o).abs() <= 1.2e-7 * y.abs().max(1.0),
-                "{y}: {candle} {o}"
-            );
-        }
-        assert!(exact * 10 > 9 * x.len(), "{exact} of {} equal", x.len());
-    }
 }

@@ -9,8 +9,7 @@
 //!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
 //!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
-//!   [`scaled_masked_softmax`] and their `_f32` twins, with a vectorised [`erf_f32`]) behind
-//!   `replens`'s CPU inference passes;
+//!   [`scaled_masked_softmax`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
 //!
@@ -40,7 +39,7 @@ mod pairwise;
 mod rowwise;
 pub use buffer::zeroed_buffer;
 pub use encoder::{
-    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, erf_f32, scaled_masked_softmax,
+    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, scaled_masked_softmax,
     scaled_masked_softmax_f32,
 };
 pub use gram::{
