@@ -747,8 +747,8 @@ struct Step {
 ///
 /// The logits, g_a and g_aᵀ z come from one pass over the rows of `z` (`B × d`, row-major;
 /// [`replens_kernels::linear_head_pass`]): with C = 2 a step is bound by reading `z`, which
-/// two matrix products read twice. The BCE's logarithms are clamped at −100 like `torch.nn.BCELoss` (U ∈ [1e-8, 1 − 1e-8]
-/// keeps them far above it in f64).
+/// two matrix products read twice. The BCE's logarithms are clamped at −100 like
+/// `torch.nn.BCELoss` (U ∈ [1e-8, 1 − 1e-8] keeps them far above it in f64).
 #[allow(clippy::too_many_arguments)]
 fn loss_and_grad(
     z: &[f32],
