@@ -65,13 +65,19 @@ fn f32_copy(t: &Tensor, what: &str) -> Result<Tensor> {
         .and_then(|t| t.flatten_all())
         .and_then(|t| t.to_vec1::<f32>())
         .context(|| format!("{what}: reading a tensor of shape {:?} as f32", t.dims()))?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(invalid(format!(
+    check_finite(&v, what)?;
+    Ok(Tensor::from_vec(v, t.shape(), &Device::Cpu)?)
+}
+
+/// Errors, naming `what` and the first offending element, unless every value is finite.
+fn check_finite(v: &[f32], what: &str) -> Result<()> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(invalid(format!(
             "{what}: element {i} (flattened) is {} (must be finite)",
             v[i]
-        )));
+        ))),
+        None => Ok(()),
     }
-    Ok(Tensor::from_vec(v, t.shape(), &Device::Cpu)?)
 }
 
 /// A frozen linear classifier head `logits = z Wᵀ + b` (the last layer of the fine-tuned
@@ -166,14 +172,7 @@ impl LinearHead {
         }
         // Already f32 in one block: checked in place and used as it is (features are only read,
         // and only during the call), instead of copying what can be hundreds of MB.
-        let bad = with_rows(z, |v| {
-            v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i]))
-        })?;
-        if let Some((i, v)) = bad {
-            return Err(invalid(format!(
-                "{what}: element {i} (flattened) is {v} (must be finite)"
-            )));
-        }
+        with_rows(z, |v| check_finite(v, &what))??;
         Ok(z.clone())
     }
 }

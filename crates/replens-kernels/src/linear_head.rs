@@ -85,7 +85,30 @@ fn block_grad(rows: &[f32], d: usize, g: &[f32], c: usize, acc: &mut [f32]) {
     }
 }
 
-/// One block of [`linear_head_pass`]: its logits, the caller's gradient, its share of ∂/∂W.
+/// [`block_logits`], on AVX2 when the CPU has it (the same values either way).
+fn logits_of_block(rows: &[f32], d: usize, w: &[f32], b: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        unsafe { simd::block_logits_avx2(rows, d, w, b, out) };
+        return;
+    }
+    block_logits(rows, d, w, b, out);
+}
+
+/// [`block_grad`], on AVX2 when the CPU has it (the same values either way).
+fn grad_of_block(rows: &[f32], d: usize, g: &[f32], c: usize, acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        unsafe { simd::block_grad_avx2(rows, d, g, c, acc) };
+        return;
+    }
+    block_grad(rows, d, g, c, acc);
+}
+
+/// One block of [`linear_head_pass`]: the caller's value, the block's share of ∂/∂W (f32) and
+/// of ∂/∂b (its rows' gradients summed in f64, in row order).
 fn head_block<T>(
     rows: &[f32],
     first_row: usize,
@@ -93,32 +116,22 @@ fn head_block<T>(
     w: &[f32],
     b: &[f32],
     row_grads: &(impl Fn(usize, &[f32], &mut [f32]) -> T + Sync),
-) -> (T, Vec<f32>, Vec<f32>) {
+) -> (T, Vec<f32>, Vec<f64>) {
     let c = b.len();
     let n = rows.len() / d;
     let mut logits = vec![0.0f32; n * c];
     let mut g = vec![0.0f32; n * c];
     let mut acc = vec![0.0f32; c * d];
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        unsafe { simd::block_logits_avx2(rows, d, w, b, &mut logits) };
-    } else {
-        block_logits(rows, d, w, b, &mut logits);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    block_logits(rows, d, w, b, &mut logits);
+    logits_of_block(rows, d, w, b, &mut logits);
     let value = row_grads(first_row, &logits, &mut g);
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        unsafe { simd::block_grad_avx2(rows, d, &g, c, &mut acc) };
-    } else {
-        block_grad(rows, d, &g, c, &mut acc);
+    grad_of_block(rows, d, &g, c, &mut acc);
+    let mut sum_g = vec![0.0f64; c];
+    for gi in g.chunks_exact(c) {
+        for (s, &v) in sum_g.iter_mut().zip(gi) {
+            *s += f64::from(v);
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    block_grad(rows, d, &g, c, &mut acc);
-    (value, acc, g)
+    (value, acc, sum_g)
 }
 
 /// One training pass of a linear head over `z` (`n × d`, row-major) with weights `w` (`C × d`,
@@ -157,7 +170,7 @@ pub fn linear_head_pass<T: Send>(
     let c = b.len();
     assert!(d > 0 && c > 0 && z.len().is_multiple_of(d));
     assert!(w.len() == c * d && grad_w.len() == c * d && grad_b.len() == c);
-    let blocks: Vec<(T, Vec<f32>, Vec<f32>)> = z
+    let blocks: Vec<(T, Vec<f32>, Vec<f64>)> = z
         .par_chunks(BLOCK_ROWS * d)
         .enumerate()
         .map(|(i, rows)| head_block(rows, i * BLOCK_ROWS, d, w, b, &row_grads))
@@ -165,15 +178,9 @@ pub fn linear_head_pass<T: Send>(
     grad_w.fill(0.0);
     grad_b.fill(0.0);
     let mut values = Vec::with_capacity(blocks.len());
-    for (value, acc, g) in blocks {
+    for (value, acc, sum_g) in blocks {
         for (s, &v) in grad_w.iter_mut().zip(&acc) {
             *s += f64::from(v);
-        }
-        let mut sum_g = vec![0.0f64; c];
-        for gi in g.chunks_exact(c) {
-            for (s, &v) in sum_g.iter_mut().zip(gi) {
-                *s += f64::from(v);
-            }
         }
         for (s, v) in grad_b.iter_mut().zip(sum_g) {
             *s += v;
@@ -200,15 +207,7 @@ pub fn linear_head_logits(z: &[f32], d: usize, w: &[f32], b: &[f32], out: &mut [
     assert!(w.len() == c * d && out.len() == z.len() / d * c);
     z.par_chunks(BLOCK_ROWS * d)
         .zip(out.par_chunks_mut(BLOCK_ROWS * c))
-        .for_each(|(rows, a)| {
-            #[cfg(target_arch = "x86_64")]
-            if crate::simd::has_avx2() {
-                // SAFETY: the CPU supports AVX2 (checked at run time).
-                unsafe { simd::block_logits_avx2(rows, d, w, b, a) };
-                return;
-            }
-            block_logits(rows, d, w, b, a);
-        });
+        .for_each(|(rows, a)| logits_of_block(rows, d, w, b, a));
 }
 
 /// The loops compiled for AVX2 as well (8 f32 lanes against SSE2's 4), chosen at run time; no
