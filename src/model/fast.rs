@@ -166,6 +166,52 @@ pub(crate) fn blocked_matmul(
     })
 }
 
+/// Llama-family self-attention from the projections: `softmax(rope(q) rope(k)ᵀ · scale + mask) v`
+/// per sequence and head, [`replens_kernels::rotary_attention_f32`]. `q`: `(b, t, heads ·
+/// head_dim)`, `k` and `v`: `(b, t, kv_heads · head_dim)`, `cos` and `sin`: `(t, head_dim / 2)`,
+/// `mask`: `(b, 1, t, t)`; returns `(b, t, heads · head_dim)`, the heads side by side as the
+/// output projection reads them. `None` when a shape does not fit (the caller's candle ops then
+/// report it) or a tensor is not an untracked f32 CPU tensor.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotary_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &Tensor,
+    scale: f64,
+    heads: usize,
+    kv_heads: usize,
+) -> candle_core::Result<Option<Tensor>> {
+    let (Ok((batch, seq, q_width)), Ok(k_dims)) = (q.dims3(), k.dims3()) else {
+        return Ok(None);
+    };
+    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || q_width % heads != 0 {
+        return Ok(None);
+    }
+    let head_dim = q_width / heads;
+    let fits = k_dims == (batch, seq, kv_heads * head_dim)
+        && v.dims() == k.dims()
+        && head_dim % 2 == 0
+        && cos.dims() == [seq, head_dim / 2]
+        && sin.dims() == cos.dims()
+        && mask.dims() == [batch, 1, seq, seq];
+    if !fits {
+        return Ok(None);
+    }
+    let dims = replens_kernels::AttentionDims {
+        batch,
+        seq,
+        heads,
+        kv_heads,
+        head_dim,
+    };
+    with_f32(&[q, k, v, cos, sin, mask], q.dims(), |s, out| {
+        replens_kernels::rotary_attention_f32(s[0], s[1], s[2], s[3], s[4], s[5], scale, dims, out)
+    })
+}
+
 /// HF `nn.LayerNorm` of `a + b` (or of `a`) over the last dimension, in the encoder's compute
 /// precision (f64 by default, f32 opt-in): [`replens_kernels::add_layer_norm`] and its f32 twin.
 pub(crate) fn add_layer_norm(

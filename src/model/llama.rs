@@ -348,7 +348,6 @@ struct Attention {
     o_proj: Proj,
     n_heads: usize,
     n_kv_heads: usize,
-    head_dim: usize,
 }
 
 /// Width of the blocks the reduction of [`Proj`] is split into.
@@ -464,20 +463,7 @@ impl Attention {
             o_proj: Proj::load(h * hd, d, cfg.o_bias(), vb.pp("o_proj"))?,
             n_heads: h,
             n_kv_heads: kv,
-            head_dim: hd,
         })
-    }
-
-    /// HF `repeat_kv`: `(b, kv, t, hd)` → `(b, kv * n_rep, t, hd)`, head `j` reading kv head `j / n_rep`.
-    fn repeat_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let n_rep = self.n_heads / self.n_kv_heads;
-        if n_rep == 1 {
-            return Ok(x);
-        }
-        let (b, kv, t, hd) = x.dims4()?;
-        x.unsqueeze(2)?
-            .broadcast_as((b, kv, n_rep, t, hd))?
-            .reshape((b, kv * n_rep, t, hd))
     }
 
     /// `x`: `(b, t, d)`; `cos`/`sin`: `(t, head_dim / 2)`; `mask`: `(b, 1, t, t)` additive (0 / −∞).
@@ -488,32 +474,67 @@ impl Attention {
         sin: &Tensor,
         mask: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| {
-            y.reshape((b, t, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let k = heads(self.k_proj.forward(x)?, self.n_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.n_kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let k = self.repeat_kv(k)?;
-        let v = self.repeat_kv(v)?;
-        // HF eager attention: (q @ kᵀ) * head_dim^-0.5 + mask, softmax in f32, @ v.
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        // kᵀ made contiguous: with a transposed view, `gemm` picks kernels by sequence length and
-        // a real token's scores would change in the last bits when padding lengthens the batch.
-        let scores =
-            (super::fast::matmul(&q, &k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = super::fast::matmul(&probs, &v.contiguous()?)?;
-        let out = out
-            .transpose(1, 2)?
-            .reshape((b, t, self.n_heads * self.head_dim))?;
+        let (q, k, v) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let out = attend(&q, &k, &v, cos, sin, mask, self.n_heads, self.n_kv_heads)?;
         self.o_proj.forward(&out)
     }
+}
+
+/// HF eager attention from the projections `q` `(b, t, heads · hd)` and `k`, `v`
+/// `(b, t, kv_heads · hd)`: rotary on q and k, `softmax((q @ kᵀ) · hd^-½ + mask) @ v` per head
+/// (query head `j` reading key/value head `j / (heads / kv_heads)`, HF's `repeat_kv`), the
+/// heads side by side again `(b, t, heads · hd)`. Untracked f32 CPU tensors take the fused
+/// kernel ([`super::fast::rotary_attention`]), which computes the same values as the candle ops
+/// below.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    mask: &Tensor,
+    n_heads: usize,
+    n_kv_heads: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, t, q_width) = q.dims3()?;
+    let head_dim = q_width / n_heads;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    let fused = super::fast::rotary_attention(q, k, v, cos, sin, mask, scale, n_heads, n_kv_heads)?;
+    if let Some(out) = fused {
+        return Ok(out);
+    }
+    let heads = |y: &Tensor, n: usize| {
+        y.reshape((b, t, n, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let q = candle_nn::rotary_emb::rope(&heads(q, n_heads)?, cos, sin)?;
+    let k = candle_nn::rotary_emb::rope(&heads(k, n_kv_heads)?, cos, sin)?;
+    let v = heads(v, n_kv_heads)?;
+    let n_rep = n_heads / n_kv_heads;
+    let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+    // kᵀ made contiguous: with a transposed view, `gemm` picks kernels by sequence length and
+    // a real token's scores would change in the last bits when padding lengthens the batch.
+    let scores = (super::fast::matmul(&q, &k.t()?.contiguous()?)? * scale)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = super::fast::matmul(&probs, &v.contiguous()?)?;
+    out.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))
+}
+
+/// HF `repeat_kv`: `(b, kv, t, hd)` → `(b, kv * n_rep, t, hd)`, head `j` reading kv head `j / n_rep`.
+fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, hd))?
+        .reshape((b, kv * n_rep, t, hd))
 }
 
 /// SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
@@ -867,6 +888,70 @@ mod tests {
                 "num_attention_heads": 2 {extra}}}"#
         );
         serde_json::from_str(&text).unwrap()
+    }
+
+    /// The fused attention kernel against the candle ops it replaces, which run when autograd
+    /// tracks an input: grouped and plain heads, one position, padded batches, large scores.
+    #[test]
+    fn fused_attention_equals_the_candle_ops_bit_for_bit() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (b, t, heads, kv, hd) in [
+            (2, 128, 9, 3, 64),
+            (3, 17, 4, 2, 8),
+            (1, 1, 9, 3, 64),
+            (2, 5, 2, 2, 6),
+        ] {
+            let q = (Tensor::randn(0f32, 1., (b, t, heads * hd), &dev)? * 4.0)?;
+            let k = (Tensor::randn(0f32, 1., (b, t, kv * hd), &dev)? * 4.0)?;
+            let v = Tensor::randn(0f32, 1., (b, t, kv * hd), &dev)?;
+            let angles = Tensor::rand(0f32, 100., (t, hd / 2), &dev)?;
+            let (cos, sin) = (angles.cos()?, angles.sin()?);
+            // causal, the last `row` keys of sequence `row` padding, the diagonal always open
+            let mut mask = vec![f32::NEG_INFINITY; b * t * t];
+            for row in 0..b {
+                for i in 0..t {
+                    for j in 0..=i {
+                        if j == i || j + row < t {
+                            mask[(row * t + i) * t + j] = 0.0;
+                        }
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(mask, (b, 1, t, t), &dev)?;
+            let fused = attend(&q, &k, &v, &cos, &sin, &mask, heads, kv)?;
+            let fast = super::super::fast::rotary_attention(
+                &q,
+                &k,
+                &v,
+                &cos,
+                &sin,
+                &mask,
+                1.0 / (hd as f64).sqrt(),
+                heads,
+                kv,
+            )?;
+            assert!(
+                fast.is_some(),
+                "the kernel applies to untracked f32 tensors"
+            );
+            let tracked = candle_core::Var::from_tensor(&q)?;
+            let generic = attend(tracked.as_tensor(), &k, &v, &cos, &sin, &mask, heads, kv)?;
+            assert_eq!(fused.dims(), [b, t, heads * hd]);
+            let (a, g) = (
+                fused.flatten_all()?.to_vec1::<f32>()?,
+                generic.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let differ = a
+                .iter()
+                .zip(&g)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            assert_eq!(
+                differ, 0,
+                "{b}x{t} heads {heads}/{kv} hd {hd}: {differ} values differ"
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -26,6 +26,7 @@ trait Float:
 {
     const ZERO: Self;
     const ONE: Self;
+    const NEG_INFINITY: Self;
     const HALF: Self;
     const FRAC_1_SQRT_2: Self;
     /// A candle op's `f64` parameter (an affine op's factor, an epsilon) as candle converts it.
@@ -41,6 +42,7 @@ trait Float:
 impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
     const HALF: Self = 0.5;
     const FRAC_1_SQRT_2: Self = std::f64::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
@@ -71,6 +73,7 @@ impl Float for f64 {
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
     const HALF: Self = 0.5;
     const FRAC_1_SQRT_2: Self = std::f32::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
@@ -312,20 +315,35 @@ fn softmax_rows<T: Float>(
     let scale = T::from_f64(scale);
     for_rows(scores, out, keys, PARALLEL_MIN, |r, s, o| {
         let b = r / rows_per_batch;
-        let mask = &key_bias[b * keys..(b + 1) * keys];
-        for ((o, &v), &m) in o.iter_mut().zip(s).zip(mask) {
-            *o = (v * scale + T::ZERO) + m;
-        }
-        let mut max = o[0];
-        for &v in o.iter().skip(1) {
-            max = max.max(v);
-        }
-        for v in o.iter_mut() {
-            *v = (*v - max).exp();
-        }
-        let sum = T::row_sum(o, |v| v);
-        for v in o.iter_mut() {
-            *v /= sum;
-        }
+        softmax_row(s, &key_bias[b * keys..(b + 1) * keys], scale, o);
     });
+}
+
+/// One row of [`scaled_masked_softmax`]: `o = softmax(s · scale + mask)`, candle's ops in
+/// candle's order. A masked entry (−∞ after the mask) gets its `exp(−∞ − max) = 0` without
+/// calling `exp`, the same value.
+fn softmax_row<T: Float>(s: &[T], mask: &[T], scale: T, o: &mut [T]) {
+    for ((o, &v), &m) in o.iter_mut().zip(s).zip(mask) {
+        *o = (v * scale + T::ZERO) + m;
+    }
+    let mut max = o[0];
+    for &v in o.iter().skip(1) {
+        max = max.max(v);
+    }
+    for v in o.iter_mut() {
+        *v = if *v == T::NEG_INFINITY {
+            T::ZERO
+        } else {
+            (*v - max).exp()
+        };
+    }
+    let sum = T::row_sum(o, |v| v);
+    for v in o.iter_mut() {
+        *v /= sum;
+    }
+}
+
+/// [`softmax_row`] in f32, for the decoder's attention kernel.
+pub(crate) fn softmax_row_f32(s: &[f32], mask: &[f32], scale: f32, o: &mut [f32]) {
+    softmax_row(s, mask, scale, o)
 }

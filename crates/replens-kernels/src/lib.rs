@@ -7,7 +7,8 @@
 //! * the kernel-matrix passes of the MMD tests over one triangle of an `n × n` matrix
 //!   ([`sq_distances_from_gram_upper`], [`lower_median_upper`], [`rbf_upper`],
 //!   [`symmetric_quadratic_forms`]);
-//! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]) and
+//! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]), its
+//!   rotary grouped-query attention ([`rotary_attention_f32`]), and
 //!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
 //!   [`scaled_masked_softmax`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
@@ -31,12 +32,14 @@
 
 use rayon::prelude::*;
 
+mod attention;
 mod buffer;
 mod encoder;
 mod gram;
 mod linear_head;
 mod pairwise;
 mod rowwise;
+pub use attention::{rotary_attention_f32, AttentionDims};
 pub use buffer::zeroed_buffer;
 pub use encoder::{
     add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, scaled_masked_softmax,

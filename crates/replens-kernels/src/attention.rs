@@ -1,0 +1,222 @@
+//! A decoder block's rotary, grouped-query, masked self-attention in f32, one task per
+//! (sequence, head) on rayon's pool, reading the projections where they are.
+//!
+//! It computes what replens's chain of candle ops for Llama-family attention computes, operation
+//! for operation: candle's `rope` (`x₁ cos − x₂ sin`, `x₁ sin + x₂ cos`), `gemm` products with the
+//! same operand layouts (`q` and `v` rows of `head_dim` values, `kᵀ` rows of `seq` values), the
+//! affine scale, the additive mask and candle's softmax (see the encoder kernels). So the values
+//! are the same to the bit (replens tests this). What it saves is the memory traffic around
+//! them: the head transposes of q, k and v, the copies that `repeat_kv` and `kᵀ` make, the scaled
+//! and masked score tensors, the transpose of the output, and `exp` of masked scores.
+
+use rayon::prelude::*;
+
+/// Sizes of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionDims {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Positions per sequence (queries = keys).
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads; query head `j` reads key/value head `j / (heads / kv_heads)`.
+    pub kv_heads: usize,
+    /// Width of a head (even: rotary pairs value `i` with value `i + head_dim / 2`).
+    pub head_dim: usize,
+}
+
+/// `out = softmax(rope(q) rope(k)ᵀ · scale + mask) · v` for every sequence and query head.
+///
+/// * `q`: `(batch, seq, heads · head_dim)`, `k` and `v`: `(batch, seq, kv_heads · head_dim)`,
+///   row-major, as the projections return them (before rotary);
+/// * `cos`, `sin`: `(seq, head_dim / 2)`, the rotary angles of positions `0..seq`;
+/// * `mask`: `(batch, seq, seq)`, added to the scaled scores of query `i` and key `j` (0 or −∞);
+///   each query must see at least one key;
+/// * `out`: `(batch, seq, heads · head_dim)`, every value written.
+///
+/// # Panics
+/// When a slice's length disagrees with `dims`, `heads` is not a multiple of `kv_heads`, or
+/// `head_dim` is odd or 0.
+///
+/// ```
+/// use replens_kernels::{rotary_attention_f32, AttentionDims};
+/// // one sequence of two positions, one head of width 2, angle 0 (cos 1, sin 0)
+/// let dims = AttentionDims { batch: 1, seq: 2, heads: 1, kv_heads: 1, head_dim: 2 };
+/// let (q, k, v) = ([1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 0.0], [1.0, 2.0, 3.0, 4.0]);
+/// let (cos, sin) = ([1.0, 1.0], [0.0, 0.0]);
+/// let mask = [0.0, f32::NEG_INFINITY, 0.0, 0.0]; // causal
+/// let mut out = [0.0f32; 4];
+/// rotary_attention_f32(&q, &k, &v, &cos, &sin, &mask, 1.0, dims, &mut out);
+/// // position 0 sees only itself; position 1 sees both keys with equal scores
+/// assert_eq!(out, [1.0, 2.0, 2.0, 3.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    mask: &[f32],
+    scale: f64,
+    dims: AttentionDims,
+    out: &mut [f32],
+) {
+    let AttentionDims {
+        batch,
+        seq: t,
+        heads,
+        kv_heads,
+        head_dim: hd,
+    } = dims;
+    assert!(hd > 0 && hd % 2 == 0, "head_dim must be even and positive");
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "heads must be a multiple of kv_heads"
+    );
+    let (q_width, kv_width) = (heads * hd, kv_heads * hd);
+    assert_eq!(
+        q.len(),
+        batch * t * q_width,
+        "q is not (batch, seq, heads·head_dim)"
+    );
+    assert_eq!(
+        k.len(),
+        batch * t * kv_width,
+        "k is not (batch, seq, kv_heads·head_dim)"
+    );
+    assert_eq!(v.len(), k.len(), "v is not (batch, seq, kv_heads·head_dim)");
+    assert_eq!(cos.len(), t * hd / 2, "cos is not (seq, head_dim / 2)");
+    assert_eq!(sin.len(), cos.len(), "sin is not (seq, head_dim / 2)");
+    assert_eq!(mask.len(), batch * t * t, "mask is not (batch, seq, seq)");
+    assert_eq!(
+        out.len(),
+        q.len(),
+        "out is not (batch, seq, heads·head_dim)"
+    );
+    if out.is_empty() {
+        return;
+    }
+    let group = heads / kv_heads;
+    // candle's scaling is an affine op with the factor rounded to f32.
+    let scale = scale as f32;
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        let (row, head) = (task / heads, task % heads);
+        let kv_head = head / group;
+        let q_rows = &q[row * t * q_width..(row + 1) * t * q_width];
+        let k_rows = &k[row * t * kv_width..(row + 1) * t * kv_width];
+        let v_rows = &v[row * t * kv_width..(row + 1) * t * kv_width];
+        let mut q_rot = vec![0.0f32; t * hd];
+        let mut k_rot_t = vec![0.0f32; hd * t];
+        let mut v_head = vec![0.0f32; t * hd];
+        let half = hd / 2;
+        for i in 0..t {
+            let (c, s) = (
+                &cos[i * half..(i + 1) * half],
+                &sin[i * half..(i + 1) * half],
+            );
+            let x = &q_rows[i * q_width + head * hd..][..hd];
+            let dst = &mut q_rot[i * hd..(i + 1) * hd];
+            for d in 0..half {
+                dst[d] = x[d] * c[d] - x[d + half] * s[d];
+                dst[d + half] = x[d] * s[d] + x[d + half] * c[d];
+            }
+            let x = &k_rows[i * kv_width + kv_head * hd..][..hd];
+            for d in 0..half {
+                k_rot_t[d * t + i] = x[d] * c[d] - x[d + half] * s[d];
+                k_rot_t[(d + half) * t + i] = x[d] * s[d] + x[d + half] * c[d];
+            }
+            v_head[i * hd..(i + 1) * hd]
+                .copy_from_slice(&v_rows[i * kv_width + kv_head * hd..][..hd]);
+        }
+        let mut scores = vec![0.0f32; t * t];
+        // SAFETY: q_rot is t × hd, k_rot_t hd × t and scores t × t, all row-major and sized so.
+        unsafe {
+            matmul_into(
+                t,
+                t,
+                hd,
+                scores.as_mut_ptr(),
+                t,
+                q_rot.as_ptr(),
+                hd,
+                k_rot_t.as_ptr(),
+                t,
+            );
+        }
+        let mut probs = vec![0.0f32; t * t];
+        let row_mask = &mask[row * t * t..(row + 1) * t * t];
+        for ((s, m), p) in scores
+            .chunks_exact(t)
+            .zip(row_mask.chunks_exact(t))
+            .zip(probs.chunks_exact_mut(t))
+        {
+            crate::encoder::softmax_row_f32(s, m, scale, p);
+        }
+        let out_ptr = &out_ptr;
+        // SAFETY: this task writes rows `row · t ..` (t of them, `heads · hd` apart) at columns
+        // `head · hd ..` (hd of them) of `out`, which has batch · t rows of heads · hd: inside
+        // `out`, and disjoint from every other task's (row, head) block.
+        unsafe {
+            matmul_into(
+                t,
+                hd,
+                t,
+                out_ptr.0.add(row * t * q_width + head * hd),
+                q_width,
+                probs.as_ptr(),
+                t,
+                v_head.as_ptr(),
+                hd,
+            );
+        }
+    });
+}
+
+/// `dst = a · b` for row-major `a` (`m × k`, row stride `a_rs`) and `b` (`k × n`, row stride
+/// `b_rs`) into `dst` (`m × n`, row stride `dst_rs`), one thread, as candle's matmul calls `gemm`.
+///
+/// # Safety
+/// The three matrices must lie inside live allocations, `dst` not overlapping the others.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul_into(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_rs: usize,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        a,
+        1,
+        a_rs as isize,
+        b,
+        1,
+        b_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// The output pointer shared among the tasks, each writing its own block.
+struct SendPtr(*mut f32);
+// SAFETY: the tasks write disjoint blocks (see the call site) while `out` is borrowed mutably.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
