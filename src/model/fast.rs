@@ -187,13 +187,17 @@ pub(crate) fn rotary_attention(
     let (Ok((batch, seq, q_width)), Ok(k_dims)) = (q.dims3(), k.dims3()) else {
         return Ok(None);
     };
-    if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || q_width % heads != 0 {
+    if heads == 0
+        || kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
+        || !q_width.is_multiple_of(heads)
+    {
         return Ok(None);
     }
     let head_dim = q_width / heads;
     let fits = k_dims == (batch, seq, kv_heads * head_dim)
         && v.dims() == k.dims()
-        && head_dim % 2 == 0
+        && head_dim.is_multiple_of(2)
         && cos.dims() == [seq, head_dim / 2]
         && sin.dims() == cos.dims()
         && mask.dims() == [batch, 1, seq, seq];

@@ -70,9 +70,12 @@ pub fn rotary_attention_f32(
         kv_heads,
         head_dim: hd,
     } = dims;
-    assert!(hd > 0 && hd % 2 == 0, "head_dim must be even and positive");
     assert!(
-        kv_heads > 0 && heads % kv_heads == 0,
+        hd > 0 && hd.is_multiple_of(2),
+        "head_dim must be even and positive"
+    );
+    assert!(
+        kv_heads > 0 && heads.is_multiple_of(kv_heads),
         "heads must be a multiple of kv_heads"
     );
     let (q_width, kv_width) = (heads * hd, kv_heads * hd);
