@@ -326,10 +326,7 @@ fn softmax_row<T: Float>(s: &[T], mask: &[T], scale: T, o: &mut [T]) {
     for ((o, &v), &m) in o.iter_mut().zip(s).zip(mask) {
         *o = (v * scale + T::ZERO) + m;
     }
-    let mut max = o[0];
-    for &v in o.iter().skip(1) {
-        max = max.max(v);
-    }
+    let max = row_max(o);
     for v in o.iter_mut() {
         *v = if *v == T::NEG_INFINITY {
             T::ZERO
@@ -341,6 +338,27 @@ fn softmax_row<T: Float>(s: &[T], mask: &[T], scale: T, o: &mut [T]) {
     for v in o.iter_mut() {
         *v /= sum;
     }
+}
+
+/// The largest value of a non-empty row, in 16 lanes (vectorised). The maximum of values that
+/// are not NaN does not depend on the order it is taken in, so this is candle's sequential
+/// maximum; with a NaN the softmax row is NaN either way.
+fn row_max<T: Float>(xs: &[T]) -> T {
+    let mut lanes = [xs[0]; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(x);
+        }
+    }
+    let mut max = lanes[0];
+    for &l in &lanes[1..] {
+        max = max.max(l);
+    }
+    for &x in chunks.remainder() {
+        max = max.max(x);
+    }
+    max
 }
 
 /// [`softmax_row`] in f32, for the decoder's attention kernel.
