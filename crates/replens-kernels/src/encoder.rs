@@ -12,7 +12,7 @@ use crate::rowwise::for_rows;
 /// Below this many values a kernel runs on the calling thread.
 const PARALLEL_MIN: usize = 32 * 1024;
 
-/// What the kernels need of their float type: candle's row sum, `erf` and `exp`.
+/// What the kernels need of their float type: candle's row sum and `exp`.
 trait Float:
     Copy
     + Send
@@ -27,13 +27,10 @@ trait Float:
     const ZERO: Self;
     const ONE: Self;
     const NEG_INFINITY: Self;
-    const HALF: Self;
-    const FRAC_1_SQRT_2: Self;
     /// A candle op's `f64` parameter (an affine op's factor, an epsilon) as candle converts it.
     fn from_f64(v: f64) -> Self;
     fn sqrt(self) -> Self;
     fn exp(self) -> Self;
-    fn erf(self) -> Self;
     fn max(self, other: Self) -> Self;
     /// Σ f(x) over a row, in the order of candle's `vec_reduce_sum` for this type.
     fn row_sum(xs: &[Self], f: impl Fn(Self) -> Self) -> Self;
@@ -43,8 +40,6 @@ impl Float for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
-    const HALF: Self = 0.5;
-    const FRAC_1_SQRT_2: Self = std::f64::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
         v
     }
@@ -53,9 +48,6 @@ impl Float for f64 {
     }
     fn exp(self) -> Self {
         f64::exp(self)
-    }
-    fn erf(self) -> Self {
-        libm::erf(self)
     }
     fn max(self, other: Self) -> Self {
         f64::max(self, other)
@@ -74,8 +66,6 @@ impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
-    const HALF: Self = 0.5;
-    const FRAC_1_SQRT_2: Self = std::f32::consts::FRAC_1_SQRT_2;
     fn from_f64(v: f64) -> Self {
         v as f32
     }
@@ -84,9 +74,6 @@ impl Float for f32 {
     }
     fn exp(self) -> Self {
         f32::exp(self)
-    }
-    fn erf(self) -> Self {
-        libm::erff(self)
     }
     fn max(self, other: Self) -> Self {
         f32::max(self, other)
@@ -215,7 +202,8 @@ fn layer_norm_rows<T: Float>(
 }
 
 /// `out = gelu(x + bias)` with the exact (erf) GELU, `(erf(y/√2) + 1) · 0.5 · y`, over rows of
-/// width `bias.len()` (PyTorch's `nn.GELU()`, candle's `gelu_erf`), in f64.
+/// width `bias.len()` (PyTorch's `nn.GELU()`, candle's `gelu_erf`), in f64. `libm`'s `erf`, which
+/// candle calls, is computed in SIMD lanes without branches: the same values to the bit.
 ///
 /// # Panics
 /// When the slices disagree in size.
@@ -230,7 +218,16 @@ pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
     bias_gelu_rows(x, bias, out)
 }
 
-/// [`bias_gelu`] in f32 (candle's f32 `gelu_erf`, with `erff`).
+/// Rows of `erf::bias_gelu_row`.
+fn bias_gelu_rows<T: crate::erf::LibmErf + Send + Sync>(x: &[T], bias: &[T], out: &mut [T]) {
+    let width = bias.len();
+    assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
+    for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {
+        crate::erf::bias_gelu_row(x, bias, o)
+    });
+}
+
+/// [`bias_gelu`] in f32 (candle's f32 `gelu_erf`, with `libm`'s `erff` in SIMD lanes).
 ///
 /// # Panics
 /// When the slices disagree in size.
@@ -243,17 +240,6 @@ pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
 /// ```
 pub fn bias_gelu_f32(x: &[f32], bias: &[f32], out: &mut [f32]) {
     bias_gelu_rows(x, bias, out)
-}
-
-fn bias_gelu_rows<T: Float>(x: &[T], bias: &[T], out: &mut [T]) {
-    let width = bias.len();
-    assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
-    for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {
-        for ((o, &v), &b) in o.iter_mut().zip(x).zip(bias) {
-            let y = v + b;
-            *o = ((y * T::FRAC_1_SQRT_2).erf() + T::ONE) * T::HALF * y;
-        }
-    });
 }
 
 /// Attention probabilities `softmax(scores · scale + key_bias)` over the last dimension of

@@ -35,6 +35,7 @@ use rayon::prelude::*;
 mod attention;
 mod buffer;
 mod encoder;
+mod erf;
 mod gram;
 mod linear_head;
 mod pairwise;
@@ -409,6 +410,11 @@ mod simd {
     pub(crate) fn has_avx2() -> bool {
         static AVX2: OnceLock<bool> = OnceLock::new();
         *AVX2.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+    }
+
+    pub(crate) fn has_avx512() -> bool {
+        static AVX512: OnceLock<bool> = OnceLock::new();
+        *AVX512.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
     }
 
     /// # Safety
