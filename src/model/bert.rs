@@ -205,9 +205,14 @@ impl Dense {
         })
     }
 
-    /// `(n, in)` → `(n, out)`.
+    /// `(n, in)` → `(n, out)`. The bias goes through [`super::fast::add_bias`] where it applies
+    /// (the same values as `broadcast_add`, without candle's element-wise thread pool).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.w_t)?.broadcast_add(&self.b)
+        let xw = x.matmul(&self.w_t)?;
+        match super::fast::add_bias(&xw, &self.b)? {
+            Some(y) => Ok(y),
+            None => xw.broadcast_add(&self.b),
+        }
     }
 
     /// [`forward`](Self::forward) plus the adapter's term for this layer, if it has one. The base
@@ -1086,6 +1091,9 @@ mod tests {
                 let fused = super::super::fast::bias_gelu(&xw, &b).unwrap().unwrap();
                 let generic = xw.broadcast_add(&b).unwrap().gelu_erf().unwrap();
                 assert_eq!(bits(&fused), bits(&generic), "bias + GELU, {what}");
+                let fused = super::super::fast::add_bias(&xw, &b).unwrap().unwrap();
+                let generic = xw.broadcast_add(&b).unwrap();
+                assert_eq!(bits(&fused), bits(&generic), "bias, {what}");
             }
             // (batch 3, heads 4, t queries, t keys), the last keys of two rows masked as
             // padding; t = 40 leaves a tail after 32 values, t = 64 none.

@@ -265,6 +265,24 @@ pub(crate) fn bias_gelu(xw: &Tensor, bias: &Tensor) -> candle_core::Result<Optio
     }
 }
 
+/// `x + bias` for a bias over the last dimension of `x` (a linear layer's), in f64 or f32:
+/// [`replens_kernels::add_bias`] and its f32 twin, the value of candle's `broadcast_add`.
+pub(crate) fn add_bias(x: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let width = bias.elem_count();
+    if bias.rank() != 1 || x.dims().last() != Some(&width) || width == 0 {
+        return Ok(None);
+    }
+    match x.dtype() {
+        DType::F64 => with_cpu(&[x, bias], x.dims(), |s, out| {
+            replens_kernels::add_bias(s[0], s[1], out)
+        }),
+        DType::F32 => with_cpu(&[x, bias], x.dims(), |s, out| {
+            replens_kernels::add_bias_f32(s[0], s[1], out)
+        }),
+        _ => Ok(None),
+    }
+}
+
 /// `softmax(scores · scale + key_bias)` for attention scores `(b, h, q, k)` and an additive key
 /// mask `(b, 1, 1, k)`, in f64 or f32: [`replens_kernels::scaled_masked_softmax`] and its f32
 /// twin.

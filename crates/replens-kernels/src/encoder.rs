@@ -1,4 +1,4 @@
-//! Row-wise kernels of a BERT-family encoder layer (residual sum + LayerNorm, bias + GELU,
+//! Row-wise kernels of a BERT-family encoder layer (residual sum + LayerNorm, bias, bias + GELU,
 //! scaled and masked softmax), each one pass over memory on rayon's pool, in f64 (the
 //! encoder's default compute precision) and f32 (its opt-in one).
 //!
@@ -197,6 +197,45 @@ fn layer_norm_rows<T: Float>(
         let den = (var * T::ONE + eps).sqrt();
         for ((o, &w), &bb) in o.iter_mut().zip(weight).zip(bias) {
             *o = *o / den * w + bb;
+        }
+    });
+}
+
+/// `out = x + bias` over rows of width `bias.len()` (a linear layer's bias, candle's
+/// `broadcast_add`), in f64.
+///
+/// # Panics
+/// When the slices disagree in size.
+///
+/// ```
+/// let mut out = vec![0.0; 4];
+/// replens_kernels::add_bias(&[1.0, 2.0, 3.0, 4.0], &[0.5, -1.0], &mut out);
+/// assert_eq!(out, vec![1.5, 1.0, 3.5, 3.0]);
+/// ```
+pub fn add_bias(x: &[f64], bias: &[f64], out: &mut [f64]) {
+    add_bias_rows(x, bias, out)
+}
+
+/// [`add_bias`] in f32.
+///
+/// # Panics
+/// When the slices disagree in size.
+///
+/// ```
+/// let mut out = vec![0.0f32; 2];
+/// replens_kernels::add_bias_f32(&[1.0, 2.0], &[0.5, -1.0], &mut out);
+/// assert_eq!(out, vec![1.5, 1.0]);
+/// ```
+pub fn add_bias_f32(x: &[f32], bias: &[f32], out: &mut [f32]) {
+    add_bias_rows(x, bias, out)
+}
+
+fn add_bias_rows<T: Float>(x: &[T], bias: &[T], out: &mut [T]) {
+    let width = bias.len();
+    assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
+    for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {
+        for ((o, &v), &b) in o.iter_mut().zip(x).zip(bias) {
+            *o = v + b;
         }
     });
 }

@@ -74,7 +74,8 @@ pub(crate) trait LibmErf:
     fn erfc_split(self) -> Self;
     /// `1 − 2⁻¹²⁰` (f32) / `1 − 2⁻¹⁰²²` (f64), computed as `libm` computes it.
     fn one_minus_tiny() -> Self;
-    /// `self as i32` (saturating, as Rust casts).
+    /// `self as i32` (truncation) for |x| < 2²², the range `exp` needs; some integer, without
+    /// a panic, otherwise. Rust's saturating cast would not vectorise.
     fn to_i32(self) -> i32;
     fn from_i32(k: i32) -> Self;
     /// 2^k for `k` in the normal range (clamped into it).
@@ -197,7 +198,8 @@ impl LibmErf for f32 {
     }
     #[inline(always)]
     fn to_i32(self) -> i32 {
-        self as i32
+        // trunc(x) + 1.5·2²³ holds the integer in its low mantissa bits (|x| < 2²²).
+        ((self.trunc() + 12_582_912.0).to_bits() as i32).wrapping_sub(0x4b40_0000)
     }
     #[inline(always)]
     fn from_i32(k: i32) -> Self {
@@ -332,7 +334,9 @@ impl LibmErf for f64 {
     }
     #[inline(always)]
     fn to_i32(self) -> i32 {
-        self as i32
+        // trunc(x) + 1.5·2⁵² holds the integer in its low mantissa bits (|x| < 2⁵¹).
+        ((self.trunc() + 6_755_399_441_055_744.0).to_bits() as i64)
+            .wrapping_sub(0x4338_0000_0000_0000) as i32
     }
     #[inline(always)]
     fn from_i32(k: i32) -> Self {
@@ -399,32 +403,50 @@ fn exp_lane<T: LibmErf>(x: T) -> T {
     }
 }
 
-/// `libm`'s `erf(x)`: every formula computed, the one `libm` takes kept.
+/// `libm`'s `erf(x)`: every formula computed, the one `libm` takes kept. The formulas below
+/// 6 each divide once by a polynomial (`r/s`, `p/q`, `r/S`); a lane needs one of the three, so
+/// the quotient is taken once, of the selected pair: the same division `libm` makes.
 #[inline(always)]
 pub(crate) fn erf_lane<T: LibmErf>(x: T) -> T {
     let (ix, negative) = x.high_word();
     let ax = x.abs();
-    let sign = if negative { T::ONE } else { T::ZERO };
-    // NaN and ±inf
-    let special = T::ONE - T::TWO * sign + T::ONE / x;
+    // NaN and ±inf: libm's `1 − 2·sign + 1/x` is ±1 for ±inf (1/x = ±0 changes nothing) and NaN
+    // for NaN
+    #[allow(clippy::eq_op)]
+    let special = if x != x {
+        x + x
+    } else if negative {
+        -T::ONE
+    } else {
+        T::ONE
+    };
     // tiny |x|
     let tiny = T::EIGHTH * (T::EIGHT * x + T::EFX8 * x);
-    // |x| < 0.84375
+    // |x| < 0.84375: x + x·(r/s)
     let z = x * x;
-    let small = x + x * (horner(z, &T::PP) / one_plus(z, &T::QQ));
-    // erfc for 0.84375 ≤ |x| < 1.25
+    let (r_small, s_small) = (horner(z, &T::PP), one_plus(z, &T::QQ));
+    // erfc for 0.84375 ≤ |x| < 1.25: 1 − erx − p/q
     let s = ax - T::ONE;
-    let erfc_near = T::ONE - T::ERX - horner(s, &T::PA) / one_plus(s, &T::QA);
-    // erfc for 1.25 ≤ |x| < 6
+    let (p_near, q_near) = (horner(s, &T::PA), one_plus(s, &T::QA));
+    // erfc for 1.25 ≤ |x| < 6: exp(−z² − 0.5625) · exp((z − x)(z + x) + R/S) / x
     let s = T::ONE / (ax * ax);
-    let (r, big_s) = if ix < T::ERF_MID {
+    let (r_far, s_far) = if ix < T::ERF_MID {
         (horner(s, &T::RA), one_plus(s, &T::SA))
     } else {
         (horner(s, &T::RB), one_plus(s, &T::SB))
     };
+    let (num, den) = if ix < T::ERF_SMALL {
+        (r_small, s_small)
+    } else if ix < T::ERF_NEAR {
+        (p_near, q_near)
+    } else {
+        (r_far, s_far)
+    };
+    let quotient = num / den;
+    let small = x + x * quotient;
+    let erfc_near = T::ONE - T::ERX - quotient;
     let z = ax.erfc_split();
-    let erfc_far =
-        exp_lane(-z * z - T::ERFC_SHIFT) * exp_lane((z - ax) * (z + ax) + r / big_s) / ax;
+    let erfc_far = exp_lane(-z * z - T::ERFC_SHIFT) * exp_lane((z - ax) * (z + ax) + quotient) / ax;
     let erfc = if ix < T::ERF_NEAR {
         erfc_near
     } else {

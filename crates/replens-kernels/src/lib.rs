@@ -9,7 +9,7 @@
 //!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]), its
 //!   rotary grouped-query attention ([`rotary_attention_f32`]), and
-//!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`bias_gelu`],
+//!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`],
 //!   [`scaled_masked_softmax`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
@@ -43,8 +43,8 @@ mod rowwise;
 pub use attention::{rotary_attention_f32, AttentionDims};
 pub use buffer::zeroed_buffer;
 pub use encoder::{
-    add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32, scaled_masked_softmax,
-    scaled_masked_softmax_f32,
+    add_bias, add_bias_f32, add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32,
+    scaled_masked_softmax, scaled_masked_softmax_f32,
 };
 pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
