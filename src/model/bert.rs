@@ -749,51 +749,80 @@ impl Attention {
         head_dim: usize,
         pass: Pass,
     ) -> candle_core::Result<Tensor> {
-        let d = n_heads * head_dim;
-        let split = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, n_heads, head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = split(
-            self.query
-                .forward_adapted(x, pass.site(BertLinear::Query))?,
-        )?;
-        let k = split(self.key.forward_adapted(x, pass.site(BertLinear::Key))?)?;
-        let v = split(
-            self.value
-                .forward_adapted(x, pass.site(BertLinear::Value))?,
-        )?;
+        let q = self
+            .query
+            .forward_adapted(x, pass.site(BertLinear::Query))?;
+        let k = self.key.forward_adapted(x, pass.site(BertLinear::Key))?;
+        let v = self
+            .value
+            .forward_adapted(x, pass.site(BertLinear::Value))?;
         // HF eager_attention_forward: (q · kᵀ) * head_dim^-0.5, + mask, softmax.
         let scale = (head_dim as f64).powf(-0.5);
-        let raw = super::fast::matmul(&q, &k.t()?)?;
-        // A training pass in f32 (LoRA's default) keeps the differentiable softmax even where
-        // nothing is tracked yet, as before the f32 kernel existed: the two differ by a few ulp,
-        // and the fine-tuning results are pinned by tests and notebooks.
-        let fused = if pass.train && raw.dtype() == DType::F32 {
+        // Inference on plain CPU tensors: one fused kernel per (sequence, head), the same values
+        // as the ops below (test). Training passes keep the ops (see the softmax below).
+        // Inference on plain CPU tensors: one fused kernel per (sequence, head), the same values
+        // as the ops (test). Training passes keep the ops (see `attention_ops`).
+        let fused = if pass.train {
             None
         } else {
-            super::fast::scaled_masked_softmax(&raw, bias, scale)?
+            super::fast::encoder_attention(&q, &k, &v, bias, scale, n_heads)?
         };
-        let probs = match fused {
-            Some(probs) => probs,
-            None => {
-                let masked = (raw * scale)?.broadcast_add(bias)?;
-                // Inference keeps the fused kernel (what the parity tests pin down); training
-                // needs a softmax with a backward. The two agree to a few ulp.
-                if pass.train {
-                    softmax_differentiable(&masked)?
-                } else {
-                    candle_nn::ops::softmax_last_dim(&masked)?
-                }
-            }
+        let ctx = match fused {
+            Some(ctx) => ctx,
+            None => attention_ops(&q, &k, &v, bias, scale, (b, t), n_heads, pass.train)?,
         };
-        let ctx = super::fast::matmul(&probs, &v)?
-            .transpose(1, 2)?
-            .reshape((b * t, d))?;
         self.out
             .forward_adapted(&ctx, pass.site(BertLinear::AttentionOutput))
     }
+}
+
+/// `softmax(q kᵀ · scale + bias) v` per head from the projections `q`, `k`, `v` `(b·t, d)`,
+/// as candle ops (the f64 / f32 softmax kernel where it applies): what training passes and
+/// tensors the fused kernel does not take run.
+#[allow(clippy::too_many_arguments)]
+fn attention_ops(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+    (b, t): (usize, usize),
+    n_heads: usize,
+    train: bool,
+) -> candle_core::Result<Tensor> {
+    let d = q.dim(1)?;
+    let head_dim = d / n_heads;
+    let split = |y: &Tensor| -> candle_core::Result<Tensor> {
+        y.reshape((b, t, n_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(q)?, split(k)?, split(v)?);
+    let raw = super::fast::matmul(&q, &k.t()?)?;
+    // A training pass in f32 (LoRA's default) keeps the differentiable softmax even where
+    // nothing is tracked yet, as before the f32 kernel existed: the two differ by a few ulp,
+    // and the fine-tuning results are pinned by tests and notebooks.
+    let fused = if train && raw.dtype() == DType::F32 {
+        None
+    } else {
+        super::fast::scaled_masked_softmax(&raw, bias, scale)?
+    };
+    let probs = match fused {
+        Some(probs) => probs,
+        None => {
+            let masked = (raw * scale)?.broadcast_add(bias)?;
+            // Inference keeps the fused kernel (what the parity tests pin down); training
+            // needs a softmax with a backward. The two agree to a few ulp.
+            if train {
+                softmax_differentiable(&masked)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&masked)?
+            }
+        }
+    };
+    super::fast::matmul(&probs, &v)?
+        .transpose(1, 2)?
+        .reshape((b * t, d))
 }
 
 impl Bert {
@@ -1052,6 +1081,43 @@ mod tests {
             .into_iter()
             .map(f64::to_bits)
             .collect()
+    }
+
+    /// The fused attention kernel computes what the candle ops compute, to the bit, in f64 and
+    /// f32: MiniLM's shape and a small odd one, one batch row and several, padded keys.
+    #[test]
+    fn fused_encoder_attention_equals_the_candle_ops_bit_for_bit() {
+        for dtype in [DType::F64, DType::F32] {
+            for (b, t, heads, hd) in [(3, 40, 12, 32), (1, 7, 2, 3), (2, 1, 4, 8)] {
+                let d = heads * hd;
+                let q = tensor(values(b * t * d, 11, 3.0), &[b * t, d], dtype);
+                let k = tensor(values(b * t * d, 12, 3.0), &[b * t, d], dtype);
+                let v = tensor(values(b * t * d, 13, 1.0), &[b * t, d], dtype);
+                // row r masks its last r keys (HF's large negative padding bias), keeping one
+                let mask: Vec<f64> = (0..b * t)
+                    .map(|i| {
+                        let (row, key) = (i / t, i % t);
+                        if key > 0 && key + row >= t {
+                            f64::from(f32::MIN)
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let bias = tensor(mask, &[b, 1, 1, t], dtype);
+                let scale = (hd as f64).powf(-0.5);
+                let fused = super::super::fast::encoder_attention(&q, &k, &v, &bias, scale, heads)
+                    .unwrap()
+                    .expect("the kernel takes untracked CPU tensors");
+                let ops = attention_ops(&q, &k, &v, &bias, scale, (b, t), heads, false).unwrap();
+                assert_eq!(fused.dims(), ops.dims());
+                assert_eq!(
+                    bits(&fused),
+                    bits(&ops),
+                    "{dtype:?}: batch {b}, {t} tokens, {heads} heads of {hd}"
+                );
+            }
+        }
     }
 
     /// The fused kernels of the inference pass compute what the candle ops computed, to the

@@ -309,6 +309,52 @@ pub(crate) fn scaled_masked_softmax(
     }
 }
 
+/// A BERT-family encoder's self-attention from the projections `q`, `k`, `v` (`(b·t, heads ·
+/// head_dim)`) and the additive key mask `(b, 1, 1, t)`: `softmax(q kᵀ · scale + mask) v` per
+/// sequence and head, the heads side by side `(b·t, heads · head_dim)`, in f64 or f32
+/// ([`replens_kernels::encoder_attention`] and its f32 twin). `None` when a shape does not fit or
+/// a tensor is not an untracked CPU tensor of the encoder's precision.
+pub(crate) fn encoder_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_bias: &Tensor,
+    scale: f64,
+    heads: usize,
+) -> candle_core::Result<Option<Tensor>> {
+    let Ok((rows, width)) = q.dims2() else {
+        return Ok(None);
+    };
+    let Ok((b, _, _, t)) = key_bias.dims4() else {
+        return Ok(None);
+    };
+    let fits = heads > 0
+        && width.is_multiple_of(heads)
+        && k.dims() == q.dims()
+        && v.dims() == q.dims()
+        && key_bias.dims() == [b, 1, 1, t]
+        && rows == b * t;
+    if !fits {
+        return Ok(None);
+    }
+    let dims = replens_kernels::AttentionDims {
+        batch: b,
+        seq: t,
+        heads,
+        kv_heads: heads,
+        head_dim: width / heads,
+    };
+    match q.dtype() {
+        DType::F64 => with_cpu(&[q, k, v, key_bias], q.dims(), |s, out| {
+            replens_kernels::encoder_attention(s[0], s[1], s[2], s[3], scale, dims, out)
+        }),
+        DType::F32 => with_cpu(&[q, k, v, key_bias], q.dims(), |s, out| {
+            replens_kernels::encoder_attention_f32(s[0], s[1], s[2], s[3], scale, dims, out)
+        }),
+        _ => Ok(None),
+    }
+}
+
 /// Strides of a batched matrix operand: (batch count, batch stride, row stride, column stride),
 /// when its leading dimensions collapse into one batch dimension with a constant stride.
 fn batch_strides(dims: &[usize], stride: &[usize]) -> Option<(usize, usize, usize, usize)> {

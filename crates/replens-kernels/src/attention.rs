@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::encoder::Float;
+
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionDims {
@@ -138,15 +140,13 @@ pub fn rotary_attention_f32(
         // SAFETY: q_rot is t × hd, k_rot_t hd × t and scores t × t, all row-major and sized so.
         unsafe {
             matmul_into(
-                t,
-                t,
-                hd,
+                (t, t, hd),
                 scores.as_mut_ptr(),
                 t,
                 q_rot.as_ptr(),
                 hd,
                 k_rot_t.as_ptr(),
-                t,
+                (t, 1),
             );
         }
         let mut probs = vec![0.0f32; t * t];
@@ -156,7 +156,7 @@ pub fn rotary_attention_f32(
             .zip(row_mask.chunks_exact(t))
             .zip(probs.chunks_exact_mut(t))
         {
-            crate::encoder::softmax_row_f32(s, m, scale, p);
+            crate::encoder::softmax_row(s, m, scale, p);
         }
         let out_ptr = &out_ptr;
         // SAFETY: this task writes rows `row · t ..` (t of them, `heads · hd` apart) at columns
@@ -164,36 +164,178 @@ pub fn rotary_attention_f32(
         // `out`, and disjoint from every other task's (row, head) block.
         unsafe {
             matmul_into(
-                t,
-                hd,
-                t,
+                (t, hd, t),
                 out_ptr.0.add(row * t * q_width + head * hd),
                 q_width,
                 probs.as_ptr(),
                 t,
                 v_head.as_ptr(),
-                hd,
+                (hd, 1),
             );
         }
     });
 }
 
-/// `dst = a · b` for row-major `a` (`m × k`, row stride `a_rs`) and `b` (`k × n`, row stride
-/// `b_rs`) into `dst` (`m × n`, row stride `dst_rs`), one thread, as candle's matmul calls `gemm`.
+/// A BERT-family encoder's self-attention from its projections, in f64:
+/// `out = softmax(q kᵀ · scale + key_bias) v` for every sequence and head, as replens's candle
+/// ops compute it (HF's eager attention): `gemm` products with the layouts of the head-major
+/// copies those ops make (`q` and `k` as `seq × head_dim` blocks, `kᵀ` a transposed view), the
+/// affine scale, the additive key mask and candle's softmax, so the same values to the bit.
+///
+/// * `q`, `k`, `v`: `(batch · seq, heads · head_dim)` row-major, as the projections return them;
+/// * `key_bias`: `(batch, seq)`, added to the scores of every query for that key (0 for a token,
+///   a large negative value for padding);
+/// * `out`: `(batch · seq, heads · head_dim)`, every value written.
+///
+/// # Panics
+/// When a slice's length disagrees with `dims` (whose `kv_heads` must equal `heads`).
+///
+/// ```
+/// use replens_kernels::{encoder_attention, AttentionDims};
+/// let dims = AttentionDims { batch: 1, seq: 2, heads: 1, kv_heads: 1, head_dim: 1 };
+/// let mut out = [0.0; 2];
+/// // equal scores; the second key is padding
+/// encoder_attention(&[1.0, 1.0], &[1.0, 1.0], &[3.0, 5.0], &[0.0, -1e30], 1.0, dims, &mut out);
+/// assert_eq!(out, [3.0, 3.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    key_bias: &[f64],
+    scale: f64,
+    dims: AttentionDims,
+    out: &mut [f64],
+) {
+    encoder_attention_rows(q, k, v, key_bias, scale, dims, out)
+}
+
+/// [`encoder_attention`] in f32.
+///
+/// # Panics
+/// When a slice's length disagrees with `dims` (whose `kv_heads` must equal `heads`).
+///
+/// ```
+/// use replens_kernels::{encoder_attention_f32, AttentionDims};
+/// let dims = AttentionDims { batch: 1, seq: 2, heads: 1, kv_heads: 1, head_dim: 1 };
+/// let mut out = [0.0f32; 2];
+/// let bias = [0.0, f32::MIN];
+/// encoder_attention_f32(&[1.0, 1.0], &[1.0, 1.0], &[3.0, 5.0], &bias, 1.0, dims, &mut out);
+/// assert_eq!(out, [3.0, 3.0]);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn encoder_attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    key_bias: &[f32],
+    scale: f64,
+    dims: AttentionDims,
+    out: &mut [f32],
+) {
+    encoder_attention_rows(q, k, v, key_bias, scale, dims, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encoder_attention_rows<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    key_bias: &[T],
+    scale: f64,
+    dims: AttentionDims,
+    out: &mut [T],
+) {
+    let AttentionDims {
+        batch,
+        seq: t,
+        heads,
+        kv_heads,
+        head_dim: hd,
+    } = dims;
+    assert_eq!(
+        kv_heads, heads,
+        "an encoder has as many key/value heads as query heads"
+    );
+    let width = heads * hd;
+    assert_eq!(
+        q.len(),
+        batch * t * width,
+        "q is not (batch·seq, heads·head_dim)"
+    );
+    assert_eq!(k.len(), q.len(), "k is not (batch·seq, heads·head_dim)");
+    assert_eq!(v.len(), q.len(), "v is not (batch·seq, heads·head_dim)");
+    assert_eq!(key_bias.len(), batch * t, "key_bias is not (batch, seq)");
+    assert_eq!(out.len(), q.len(), "out is not (batch·seq, heads·head_dim)");
+    if out.is_empty() {
+        return;
+    }
+    // candle's scaling is an affine op with the factor in the tensor's type.
+    let scale = T::from_f64(scale);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..batch * heads).into_par_iter().for_each(|task| {
+        let (row, head) = (task / heads, task % heads);
+        let rows = row * t * width..(row + 1) * t * width;
+        let head_block = |x: &[T]| -> Vec<T> {
+            x[rows.clone()]
+                .chunks_exact(width)
+                .flat_map(|r| r[head * hd..(head + 1) * hd].iter().copied())
+                .collect()
+        };
+        let (q_head, k_head, v_head) = (head_block(q), head_block(k), head_block(v));
+        let mut scores = vec![T::ZERO; t * t];
+        // SAFETY: q_head, k_head and v_head are t × hd, scores t × t, all row-major; kᵀ is read
+        // as the transposed view of k_head (row stride 1, column stride hd).
+        unsafe {
+            matmul_into(
+                (t, t, hd),
+                scores.as_mut_ptr(),
+                t,
+                q_head.as_ptr(),
+                hd,
+                k_head.as_ptr(),
+                (1, hd),
+            );
+        }
+        let mut probs = vec![T::ZERO; t * t];
+        let mask = &key_bias[row * t..(row + 1) * t];
+        for (s, p) in scores.chunks_exact(t).zip(probs.chunks_exact_mut(t)) {
+            crate::encoder::softmax_row(s, mask, scale, p);
+        }
+        let out_ptr = &out_ptr;
+        // SAFETY: this task writes rows `row · t ..` (t of them, `width` apart) at columns
+        // `head · hd ..` (hd of them) of `out`, which has batch · t rows of `width`: inside `out`
+        // and disjoint from every other task's (row, head) block.
+        unsafe {
+            matmul_into(
+                (t, hd, t),
+                out_ptr.0.add(row * t * width + head * hd),
+                width,
+                probs.as_ptr(),
+                t,
+                v_head.as_ptr(),
+                (hd, 1),
+            );
+        }
+    });
+}
+
+/// `dst = a · b` for `a` (`m × k`, row stride `a_rs`) and `b` (`k × n`, strides `b_rs`, `b_cs`)
+/// into row-major `dst` (`m × n`, row stride `dst_rs`), one thread, as candle's matmul calls
+/// `gemm` for operands of these layouts.
 ///
 /// # Safety
 /// The three matrices must lie inside live allocations, `dst` not overlapping the others.
 #[allow(clippy::too_many_arguments)]
-unsafe fn matmul_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
+unsafe fn matmul_into<T: Float>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
     dst_rs: usize,
-    a: *const f32,
+    a: *const T,
     a_rs: usize,
-    b: *const f32,
-    b_rs: usize,
+    b: *const T,
+    (b_rs, b_cs): (usize, usize),
 ) {
     gemm::gemm(
         m,
@@ -207,10 +349,10 @@ unsafe fn matmul_into(
         1,
         a_rs as isize,
         b,
-        1,
+        b_cs as isize,
         b_rs as isize,
-        0.0,
-        1.0,
+        T::ZERO,
+        T::ONE,
         false,
         false,
         false,
@@ -219,7 +361,7 @@ unsafe fn matmul_into(
 }
 
 /// The output pointer shared among the tasks, each writing its own block.
-struct SendPtr(*mut f32);
-// SAFETY: the tasks write disjoint blocks (see the call site) while `out` is borrowed mutably.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
+struct SendPtr<T>(*mut T);
+// SAFETY: the tasks write disjoint blocks (see the call sites) while `out` is borrowed mutably.
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}

@@ -13,8 +13,9 @@ use crate::rowwise::for_rows;
 const PARALLEL_MIN: usize = 32 * 1024;
 
 /// What the kernels need of their float type: candle's row sum and `exp`.
-trait Float:
-    Copy
+pub(crate) trait Float:
+    'static
+    + Copy
     + Send
     + Sync
     + PartialOrd
@@ -347,7 +348,7 @@ fn softmax_rows<T: Float>(
 /// One row of [`scaled_masked_softmax`]: `o = softmax(s · scale + mask)`, candle's ops in
 /// candle's order. A masked entry (−∞ after the mask) gets its `exp(−∞ − max) = 0` without
 /// calling `exp`, the same value.
-fn softmax_row<T: Float>(s: &[T], mask: &[T], scale: T, o: &mut [T]) {
+pub(crate) fn softmax_row<T: Float>(s: &[T], mask: &[T], scale: T, o: &mut [T]) {
     for ((o, &v), &m) in o.iter_mut().zip(s).zip(mask) {
         *o = (v * scale + T::ZERO) + m;
     }
@@ -384,9 +385,4 @@ fn row_max<T: Float>(xs: &[T]) -> T {
         max = max.max(x);
     }
     max
-}
-
-/// [`softmax_row`] in f32, for the decoder's attention kernel.
-pub(crate) fn softmax_row_f32(s: &[f32], mask: &[f32], scale: f32, o: &mut [f32]) {
-    softmax_row(s, mask, scale, o)
 }

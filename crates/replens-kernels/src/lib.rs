@@ -10,7 +10,7 @@
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]), its
 //!   rotary grouped-query attention ([`rotary_attention_f32`]), and
 //!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`],
-//!   [`scaled_masked_softmax`] and their `_f32` twins) behind `replens`'s CPU inference passes;
+//!   [`scaled_masked_softmax`], [`encoder_attention`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
 //!
@@ -40,7 +40,9 @@ mod gram;
 mod linear_head;
 mod pairwise;
 mod rowwise;
-pub use attention::{rotary_attention_f32, AttentionDims};
+pub use attention::{
+    encoder_attention, encoder_attention_f32, rotary_attention_f32, AttentionDims,
+};
 pub use buffer::zeroed_buffer;
 pub use encoder::{
     add_bias, add_bias_f32, add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32,
