@@ -134,6 +134,44 @@ fn f32_inputs_use_the_fast_gram_within_1e5() -> R {
     Ok(())
 }
 
+/// A NaN or infinite value after the rows that set the shifts is reported with its position,
+/// in the f32 path that reads the rows in place as in the f64 one.
+#[test]
+fn non_finite_values_in_a_later_batch_are_located() -> R {
+    let (n, d1, d2) = (12, 5, 3);
+    let values = |len: usize, seed: usize| -> Vec<f64> {
+        (0..len)
+            .map(|i| ((i * 7 + seed * 13) % 11) as f64 - 5.0)
+            .collect()
+    };
+    for dtype in [DType::F32, DType::F64] {
+        let x = Tensor::from_vec(values(n * d1, 1), (n, d1), &Device::Cpu)?.to_dtype(dtype)?;
+        let y = Tensor::from_vec(values(n * d2, 2), (n, d2), &Device::Cpu)?.to_dtype(dtype)?;
+        let mut bad = values(n * d1, 1);
+        bad[3 * d1 + 1] = f64::NAN;
+        let x_nan = Tensor::from_vec(bad, (n, d1), &Device::Cpu)?.to_dtype(dtype)?;
+        let mut bad = values(n * d2, 2);
+        bad[7 * d2 + 2] = f64::INFINITY;
+        let y_inf = Tensor::from_vec(bad, (n, d2), &Device::Cpu)?.to_dtype(dtype)?;
+        let mut acc = LinearCkaAccumulator::new(d1, d2);
+        acc.push(&x, &y)?;
+        let e = acc.clone().push(&x_nan, &y).unwrap_err().to_string();
+        assert!(
+            e.contains("x") && e.contains("NaN") && e.contains("row 3") && e.contains("column 1"),
+            "{dtype:?}: {e}"
+        );
+        let e = acc.push(&x, &y_inf).unwrap_err().to_string();
+        assert!(
+            e.contains("y")
+                && e.contains("infinite")
+                && e.contains("row 7")
+                && e.contains("column 2"),
+            "{dtype:?}: {e}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn symmetric_eigen_matches_numpy_eigh() -> R {
     let t = tensors();

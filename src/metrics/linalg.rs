@@ -415,6 +415,21 @@ fn add_f32(acc: &mut [f64], g: &[f32]) {
     }
 }
 
+/// Runs `f` on the values of `t` when it is a contiguous f32 CPU tensor (read in place);
+/// `None` otherwise.
+fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 || !t.is_contiguous() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let start = layout.start_offset();
+    let values = cpu.as_slice::<f32>().ok()?;
+    values.get(start..start + t.elem_count()).map(f)
+}
+
 /// Gram matrix (X − 1sᵀ)ᵀ(X − 1sᵀ) (`d × d`, row-major f64) of a `(rows, d)` tensor, with an
 /// optional column shift s (pass the column means to get the centred scatter matrix).
 ///
@@ -560,6 +575,14 @@ impl PairMoments {
             self.shift_x = sx;
             self.shift_y = sy;
         }
+        if precision == Precision::F32 {
+            let pushed = with_f32_rows(x, |xs| {
+                with_f32_rows(y, |ys| self.push_f32_side_by_side(xs, ys, n, what))
+            });
+            if let Some(Some(result)) = pushed {
+                return result;
+            }
+        }
         let sx = shift_tensor(Some(&self.shift_x), d1, what)?;
         let sy = shift_tensor(Some(&self.shift_y), d2, what)?;
         let mut r0 = 0;
@@ -573,6 +596,66 @@ impl PairMoments {
             add_gram_chunk(&mut self.xx, d1, &cx).context(ctx)?;
             add_gram_chunk(&mut self.yy, d2, &cy).context(ctx)?;
             add_cross_chunk(&mut self.xy, &cx, &cy).context(ctx)?;
+            r0 += len;
+        }
+        mirror_upper(&mut self.xx, d1);
+        mirror_upper(&mut self.yy, d2);
+        self.n += n;
+        Ok(())
+    }
+
+    /// [`push`](Self::push) for f32 rows read in place (`xs`: `n × d1`, `ys`: `n × d2`), once
+    /// the shifts are set: each chunk is written once as `[x − s | y − t]` and one Gram product
+    /// of that `(d1 + d2)`-wide chunk gives all three blocks (its upper triangle: XᵀX, YᵀY and
+    /// XᵀY, the same products as three calls), multiplied in f32 and added in f64.
+    fn push_f32_side_by_side(
+        &mut self,
+        xs: &[f32],
+        ys: &[f32],
+        n: usize,
+        what: &str,
+    ) -> Result<()> {
+        let (d1, d2) = (self.d1, self.d2);
+        let w = d1 + d2;
+        // the shifts rounded to f32, as the generic path's shift tensors
+        let sx: Vec<f32> = self.shift_x.iter().map(|&v| v as f32).collect();
+        let sy: Vec<f32> = self.shift_y.iter().map(|&v| v as f32).collect();
+        let mut z = vec![0.0f32; GRAM_CHUNK_ROWS.min(n) * w];
+        let mut g = vec![0.0f32; w * w];
+        let mut r0 = 0;
+        while r0 < n {
+            let len = GRAM_CHUNK_ROWS.min(n - r0);
+            let (xc, yc) = (&xs[r0 * d1..(r0 + len) * d1], &ys[r0 * d2..(r0 + len) * d2]);
+            let zc = &mut z[..len * w];
+            let sums = replens_kernels::shifted_side_by_side(xc, yc, &sx, &sy, zc);
+            if !sums.iter().all(|v| v.is_finite()) {
+                for (side, values, d) in [("x", xc, d1), ("y", yc, d2)] {
+                    let rows: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+                    check_finite(&rows, d, r0, &format!("{what}: {side}"))?;
+                }
+                bail!(
+                    "{what}: the sums of rows {r0}..{} overflow the working precision (values \
+                     near the float limit); rescale the input or use Precision::F64",
+                    r0 + len
+                );
+            }
+            for (a, v) in self.sum_x.iter_mut().zip(&sums[..d1]) {
+                *a += v;
+            }
+            for (a, v) in self.sum_y.iter_mut().zip(&sums[d1..]) {
+                *a += v;
+            }
+            g.fill(0.0);
+            add_gram_upper(&mut g, zc, len, w, GramOf::Columns, gemm_threads());
+            for (i, row) in g.chunks_exact(w).enumerate() {
+                if i < d1 {
+                    add_f32(&mut self.xx[i * d1 + i..(i + 1) * d1], &row[i..d1]);
+                    add_f32(&mut self.xy[i * d2..(i + 1) * d2], &row[d1..]);
+                } else {
+                    let iy = i - d1;
+                    add_f32(&mut self.yy[iy * d2 + iy..(iy + 1) * d2], &row[i..]);
+                }
+            }
             r0 += len;
         }
         mirror_upper(&mut self.xx, d1);

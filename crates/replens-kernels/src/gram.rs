@@ -204,6 +204,67 @@ pub fn column_sums<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>, usize> {
     Ok(sum)
 }
 
+/// `z = [x − sx | y − sy]`: the aligned row-major `x` (`rows × d1`) and `y` (`rows × d2`), each
+/// less its column shift, side by side in the row-major `z` (`rows × (d1 + d2)`), in f32; returns
+/// the column sums of `z` in f64 (each block of rows summed on one of rayon's threads, the
+/// blocks added in order, so the sums do not depend on the number of threads). NaN and
+/// infinite values propagate into the sums.
+///
+/// # Panics
+/// When the slices disagree in size.
+///
+/// ```
+/// let mut z = vec![0.0f32; 6];
+/// let sums = replens_kernels::shifted_side_by_side(&[1.0, 2.0], &[3.0, 4.0, 5.0, 6.0], &[1.0], &[0.0, 1.0], &mut z);
+/// assert_eq!(z, vec![0.0, 3.0, 3.0, 1.0, 5.0, 5.0]);
+/// assert_eq!(sums, vec![1.0, 8.0, 8.0]);
+/// ```
+pub fn shifted_side_by_side(
+    x: &[f32],
+    y: &[f32],
+    sx: &[f32],
+    sy: &[f32],
+    z: &mut [f32],
+) -> Vec<f64> {
+    let (d1, d2) = (sx.len(), sy.len());
+    let w = d1 + d2;
+    assert!(d1 > 0 && d2 > 0, "shifted_side_by_side: empty side");
+    let rows = x.len() / d1;
+    assert!(
+        x.len() == rows * d1 && y.len() == rows * d2 && z.len() == rows * w,
+        "shifted_side_by_side: x, y and z disagree in rows"
+    );
+    const BLOCK: usize = 64;
+    let partial: Vec<Vec<f64>> = z
+        .par_chunks_mut(BLOCK * w)
+        .enumerate()
+        .map(|(b, zb)| {
+            let mut sums = vec![0.0f64; w];
+            for (i, zr) in zb.chunks_exact_mut(w).enumerate() {
+                let r = b * BLOCK + i;
+                let (zx, zy) = zr.split_at_mut(d1);
+                for ((o, &v), &s) in zx.iter_mut().zip(&x[r * d1..(r + 1) * d1]).zip(sx) {
+                    *o = v - s;
+                }
+                for ((o, &v), &s) in zy.iter_mut().zip(&y[r * d2..(r + 1) * d2]).zip(sy) {
+                    *o = v - s;
+                }
+                for (a, &v) in sums.iter_mut().zip(zr.iter()) {
+                    *a += f64::from(v);
+                }
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0.0f64; w];
+    for p in partial {
+        for (a, v) in sums.iter_mut().zip(p) {
+            *a += v;
+        }
+    }
+    sums
+}
+
 /// Index of the first NaN / infinite value of `x`, if any.
 pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
     x.iter().position(|&v| !v.into().is_finite())

@@ -50,7 +50,7 @@ pub use encoder::{
 };
 pub use gram::{
     add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
-    mirror_upper, GramOf, Real, GRAM_BLOCK,
+    mirror_upper, shifted_side_by_side, GramOf, Real, GRAM_BLOCK,
 };
 pub use linear_head::{linear_head_logits, linear_head_pass};
 pub use pairwise::{
