@@ -54,7 +54,7 @@ use candle_core::Tensor;
 use replens_kernels::{GramOf, Real};
 
 use crate::error::{Context, Error, Result};
-use crate::metrics::linalg::{self, Values};
+use crate::metrics::linalg::{self, Rows, Values};
 use crate::metrics::stats::{paired_bootstrap_ci, Ci};
 
 /// Relative tolerance under which a centred row counts as zero (see the module docs).
@@ -179,13 +179,18 @@ pub fn erank_report_with(r: &Tensor, opts: &ErankOptions) -> Result<ErankReport>
 /// Like [`erank_report_with`], but degenerate input (N < 2, no variation) is returned as
 /// [`SentenceErank::Skipped`] instead of an error. NaN/inf and wrong shapes are still errors.
 pub fn erank_or_skip(r: &Tensor, opts: &ErankOptions) -> Result<SentenceErank> {
-    let (rows, n, d) = read_rows(r)?;
-    let mean = finite_column_means(&rows, n, d)?;
-    if n < 2 {
-        return Ok(SentenceErank::Skipped(Skip::TooFewRows { rows: n }));
-    }
-    let (z, used) = unit_rows(&rows, d, &mean, opts.precision);
-    drop(rows);
+    let prepared = with_read_rows(r, |rows, n, d| {
+        let mean = finite_column_means(rows, n, d)?;
+        if n < 2 {
+            return Ok(None);
+        }
+        Ok(Some((unit_rows(rows, d, &mean, opts.precision), n, d)))
+    })?;
+    let Some(((z, used), n, d)) = prepared else {
+        return Ok(SentenceErank::Skipped(Skip::TooFewRows {
+            rows: r.dim(0).unwrap_or(0),
+        }));
+    };
     if used == 0 {
         return Ok(SentenceErank::Skipped(Skip::NoVariation { rows: n }));
     }
@@ -243,10 +248,11 @@ fn spectrum_entropy(eigenvalues: &[f64]) -> Result<(f64, Vec<f64>)> {
     Ok((h.max(0.0), lam))
 }
 
-/// Read a `(N, d)` tensor of any float dtype, f32 as it is (half the memory of an f64 copy;
-/// every later step still computes in f64); NaN / inf are checked later, by
-/// [`finite_column_means`] or [`check_rows_finite`].
-fn read_rows(r: &Tensor) -> Result<(Values, usize, usize)> {
+/// Runs `f` on the values of a `(N, d)` tensor of any float dtype with N and d: f32 and f64
+/// read in place when contiguous (no copy), other dtypes converted to f64; every later step
+/// still computes in f64. NaN / inf are checked later, by [`finite_column_means`] or
+/// [`check_rows_finite`].
+fn with_read_rows<R>(r: &Tensor, f: impl FnOnce(Rows<'_>, usize, usize) -> Result<R>) -> Result<R> {
     let (n, d) = r.dims2().map_err(|_| {
         Error::InvalidInput(format!(
             "eRank expects a 2-D (tokens, d) tensor, got shape {:?}",
@@ -259,8 +265,8 @@ fn read_rows(r: &Tensor) -> Result<(Values, usize, usize)> {
             r.dims()
         )));
     }
-    let rows = Values::of(r).context(|| format!("eRank: reading the {n}x{d} representation"))?;
-    Ok((rows, n, d))
+    linalg::with_rows(r, |rows| f(rows, n, d))
+        .context(|| format!("eRank: reading the {n}x{d} representation"))?
 }
 
 /// The error for the non-finite value `v` at flat index `pos` of a row-major matrix of width `d`.
@@ -284,26 +290,26 @@ fn check_finite<T: Real>(data: &[T], d: usize) -> Result<()> {
     }
 }
 
-fn check_rows_finite(rows: &Values, d: usize) -> Result<()> {
+fn check_rows_finite(rows: Rows<'_>, d: usize) -> Result<()> {
     match rows {
-        Values::F32(x) => check_finite(x, d),
-        Values::F64(x) => check_finite(x, d),
+        Rows::F32(x) => check_finite(x, d),
+        Rows::F64(x) => check_finite(x, d),
     }
 }
 
 /// Column sums of the rows, checking every value is finite on the way.
-fn finite_column_sums(rows: &Values, d: usize) -> Result<Vec<f64>> {
+fn finite_column_sums(rows: Rows<'_>, d: usize) -> Result<Vec<f64>> {
     fn of<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>> {
         replens_kernels::column_sums(x, d).map_err(|pos| non_finite(x[pos].into(), pos, d))
     }
     match rows {
-        Values::F32(x) => of(x, d),
-        Values::F64(x) => of(x, d),
+        Rows::F32(x) => of(x, d),
+        Rows::F64(x) => of(x, d),
     }
 }
 
 /// Column means of the `n` rows (zeros when there are none), checking every value is finite.
-fn finite_column_means(rows: &Values, n: usize, d: usize) -> Result<Vec<f64>> {
+fn finite_column_means(rows: Rows<'_>, n: usize, d: usize) -> Result<Vec<f64>> {
     let inv = 1.0 / n.max(1) as f64;
     Ok(finite_column_sums(rows, d)?
         .into_iter()
@@ -313,17 +319,17 @@ fn finite_column_means(rows: &Values, n: usize, d: usize) -> Result<Vec<f64>> {
 
 /// Centre every row by `mean`, drop zero rows (see [`ZERO_ROW_REL_TOL`]), L2-normalise the
 /// rest, in f64, rounded once to `U`. Returns the kept unit rows (row-major) and their count.
-fn centred_unit_rows<U: Real>(rows: &Values, d: usize, mean: &[f64]) -> (Vec<U>, usize) {
+fn centred_unit_rows<U: Real>(rows: Rows<'_>, d: usize, mean: &[f64]) -> (Vec<U>, usize) {
     let mut z = Vec::new();
     let kept = match rows {
-        Values::F32(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
-        Values::F64(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
+        Rows::F32(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
+        Rows::F64(x) => replens_kernels::centred_unit_rows(x, d, mean, ZERO_ROW_REL_TOL, &mut z),
     };
     (z, kept)
 }
 
 /// Centred unit rows (see [`centred_unit_rows`]) in the precision of the Gram product.
-fn unit_rows(rows: &Values, d: usize, mean: &[f64], precision: GramPrecision) -> (Values, usize) {
+fn unit_rows(rows: Rows<'_>, d: usize, mean: &[f64], precision: GramPrecision) -> (Values, usize) {
     match precision {
         GramPrecision::F64 => {
             let (z, used) = centred_unit_rows(rows, d, mean);
@@ -656,9 +662,11 @@ impl ColumnMeanAccumulator {
 
     /// Add a block of rows `(n, d)`.
     pub fn push(&mut self, r: &Tensor) -> Result<()> {
-        let (rows, n, d) = read_rows(r)?;
-        check_dim(d, self.sum.len())?;
-        for (s, b) in self.sum.iter_mut().zip(finite_column_sums(&rows, d)?) {
+        let (sums, n) = with_read_rows(r, |rows, n, d| {
+            check_dim(d, self.sum.len())?;
+            Ok((finite_column_sums(rows, d)?, n))
+        })?;
+        for (s, b) in self.sum.iter_mut().zip(sums) {
             *s += b;
         }
         self.rows += n;
@@ -760,24 +768,28 @@ impl CovarianceAccumulator {
 
     /// Add a block of rows `(n, d)`.
     pub fn push(&mut self, r: &Tensor) -> Result<()> {
-        let (rows, n, d) = read_rows(r)?;
-        check_dim(d, self.dim)?;
-        if n == 0 {
+        let (dim, centring, precision) = (self.dim, &self.centring, self.precision);
+        let prepared = with_read_rows(r, |rows, n, d| {
+            check_dim(d, dim)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let block_mean;
+            let mean: &[f64] = match centring {
+                Centring::Mean(m) => {
+                    check_rows_finite(rows, d)?;
+                    m
+                }
+                Centring::PerBlock => {
+                    block_mean = finite_column_means(rows, n, d)?;
+                    &block_mean
+                }
+            };
+            Ok(Some((unit_rows(rows, d, mean, precision), n, d)))
+        })?;
+        let Some(((z, used), n, d)) = prepared else {
             return Ok(());
-        }
-        let block_mean;
-        let mean: &[f64] = match &self.centring {
-            Centring::Mean(m) => {
-                check_rows_finite(&rows, d)?;
-                m
-            }
-            Centring::PerBlock => {
-                block_mean = finite_column_means(&rows, n, d)?;
-                &block_mean
-            }
         };
-        let (z, used) = unit_rows(&rows, d, mean, self.precision);
-        drop(rows);
         self.rows += n;
         self.zero_rows += n - used;
         // Blocks on and above the diagonal only; `report` mirrors them.

@@ -14,7 +14,7 @@
 //! `replens-kernels` crate, which the dev/test profile builds at opt-level 3; the checks,
 //! errors and documented entry points are here.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, WithDType};
 
 use replens_kernels::{
     add_cross, add_gram_upper, mirror_upper, tridiagonal_ql, tridiagonalise, GramOf,
@@ -354,6 +354,14 @@ pub(crate) enum Values {
 }
 
 impl Values {
+    /// These values borrowed.
+    pub(crate) fn rows(&self) -> Rows<'_> {
+        match self {
+            Values::F32(x) => Rows::F32(x),
+            Values::F64(x) => Rows::F64(x),
+        }
+    }
+
     /// The values of `t`: as f32 when it is f32, else converted to f64.
     pub(crate) fn of(t: &Tensor) -> candle_core::Result<Values> {
         let flat = t.flatten_all()?;
@@ -415,10 +423,10 @@ fn add_f32(acc: &mut [f64], g: &[f32]) {
     }
 }
 
-/// Runs `f` on the values of `t` when it is a contiguous f32 CPU tensor (read in place);
+/// Runs `f` on the values of `t` when it is a contiguous CPU tensor of type `T` (read in place);
 /// `None` otherwise.
-fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if t.dtype() != DType::F32 || !t.is_contiguous() {
+fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Option<R> {
+    if t.dtype() != T::DTYPE || !t.is_contiguous() {
         return None;
     }
     let (storage, layout) = t.storage_and_layout();
@@ -426,8 +434,40 @@ fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
         return None;
     };
     let start = layout.start_offset();
-    let values = cpu.as_slice::<f32>().ok()?;
+    let values = cpu.as_slice::<T>().ok()?;
     values.get(start..start + t.elem_count()).map(f)
+}
+
+/// [`with_slice`] for f32.
+fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    with_slice(t, f)
+}
+
+/// Row-major matrix values borrowed in their working precision (see [`Values`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+/// Runs `f` on the values of `t` as [`Rows`]: read in place when `t` is a contiguous f32 or f64
+/// CPU tensor, else copied by [`Values::of`] (other dtypes converted to f64).
+pub(crate) fn with_rows<R>(t: &Tensor, f: impl FnOnce(Rows<'_>) -> R) -> candle_core::Result<R> {
+    if t.is_contiguous() && matches!(t.dtype(), DType::F32 | DType::F64) {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let range = layout.start_offset()..layout.start_offset() + t.elem_count();
+            let rows = match t.dtype() {
+                DType::F32 => cpu.as_slice::<f32>()?.get(range).map(Rows::F32),
+                _ => cpu.as_slice::<f64>()?.get(range).map(Rows::F64),
+            };
+            if let Some(rows) = rows {
+                return Ok(f(rows));
+            }
+        }
+    }
+    let values = Values::of(t)?;
+    Ok(f(values.rows()))
 }
 
 /// Gram matrix (X − 1sᵀ)ᵀ(X − 1sᵀ) (`d × d`, row-major f64) of a `(rows, d)` tensor, with an

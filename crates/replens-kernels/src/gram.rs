@@ -3,28 +3,82 @@
 use rayon::prelude::*;
 
 /// The two float types the kernels take (f32 and f64).
+///
+/// The hidden methods are the row kernels' concrete instantiations: a generic function is
+/// compiled in the crate that calls it, which for replens is built at opt-level 1, so the
+/// generic entry points ([`column_sums`], [`first_non_finite`], [`centred_unit_rows`]) call
+/// these, which are compiled here at opt-level 3.
 pub trait Real: Copy + Send + Sync + 'static + Into<f64> {
     /// 1 in this type.
     const ONE: Self;
     /// `x` rounded to this type.
     fn from_f64(x: f64) -> Self;
+    #[doc(hidden)]
+    fn column_sums_of(x: &[Self], d: usize) -> Result<Vec<f64>, usize>;
+    #[doc(hidden)]
+    fn first_non_finite_of(x: &[Self]) -> Option<usize>;
+    #[doc(hidden)]
+    fn unit_rows_to_f32(x: &[Self], d: usize, mean: &[f64], tol: f64, out: &mut Vec<f32>) -> usize;
+    #[doc(hidden)]
+    fn unit_rows_to_f64(x: &[Self], d: usize, mean: &[f64], tol: f64, out: &mut Vec<f64>) -> usize;
+    /// [`centred_unit_rows`] into a vector of this type.
+    #[doc(hidden)]
+    fn unit_rows_from<T: Real>(
+        x: &[T],
+        d: usize,
+        mean: &[f64],
+        tol: f64,
+        out: &mut Vec<Self>,
+    ) -> usize;
 }
 
-impl Real for f32 {
-    const ONE: Self = 1.0;
-    #[inline]
-    fn from_f64(x: f64) -> Self {
-        x as f32
-    }
+macro_rules! real_impl {
+    ($t:ty, $to_self:ident) => {
+        impl Real for $t {
+            const ONE: Self = 1.0;
+            #[inline]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            fn column_sums_of(x: &[Self], d: usize) -> Result<Vec<f64>, usize> {
+                column_sums_body(x, d)
+            }
+            fn first_non_finite_of(x: &[Self]) -> Option<usize> {
+                first_non_finite_body(x)
+            }
+            fn unit_rows_to_f32(
+                x: &[Self],
+                d: usize,
+                mean: &[f64],
+                tol: f64,
+                out: &mut Vec<f32>,
+            ) -> usize {
+                centred_unit_rows_body(x, d, mean, tol, out)
+            }
+            fn unit_rows_to_f64(
+                x: &[Self],
+                d: usize,
+                mean: &[f64],
+                tol: f64,
+                out: &mut Vec<f64>,
+            ) -> usize {
+                centred_unit_rows_body(x, d, mean, tol, out)
+            }
+            fn unit_rows_from<T: Real>(
+                x: &[T],
+                d: usize,
+                mean: &[f64],
+                tol: f64,
+                out: &mut Vec<Self>,
+            ) -> usize {
+                T::$to_self(x, d, mean, tol, out)
+            }
+        }
+    };
 }
 
-impl Real for f64 {
-    const ONE: Self = 1.0;
-    #[inline]
-    fn from_f64(x: f64) -> Self {
-        x
-    }
-}
+real_impl!(f32, unit_rows_to_f32);
+real_impl!(f64, unit_rows_to_f64);
 
 /// Which Gram matrix of a row-major `rows × cols` matrix A to form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,6 +243,10 @@ pub fn mirror_upper<T: Copy>(a: &mut [T], n: usize) {
 /// Column sums (in f64) of the row-major `rows × d` matrix `x`, or the index of its first
 /// NaN / infinite value.
 pub fn column_sums<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>, usize> {
+    T::column_sums_of(x, d)
+}
+
+fn column_sums_body<T: Real>(x: &[T], d: usize) -> Result<Vec<f64>, usize> {
     let mut sum = vec![0.0f64; d];
     let mut finite = true;
     for row in x.chunks_exact(d) {
@@ -267,7 +325,24 @@ pub fn shifted_side_by_side(
 
 /// Index of the first NaN / infinite value of `x`, if any.
 pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
-    x.iter().position(|&v| !v.into().is_finite())
+    T::first_non_finite_of(x)
+}
+
+/// Blocks of 1024 values are checked with a branch-free (vectorised) fold, and only a block
+/// that fails is searched.
+fn first_non_finite_body<T: Real>(x: &[T]) -> Option<usize> {
+    for (b, block) in x.chunks(1024).enumerate() {
+        if !block
+            .iter()
+            .fold(true, |all, &v| all & v.into().is_finite())
+        {
+            return block
+                .iter()
+                .position(|&v| !v.into().is_finite())
+                .map(|p| b * 1024 + p);
+        }
+    }
+    None
 }
 
 /// Below this many values [`centred_unit_rows`] runs on the calling thread.
@@ -278,6 +353,16 @@ const PARALLEL_MIN: usize = 64 * 1024;
 /// most `zero_rel_tol · (‖row‖ + ‖mean‖)`. Returns how many rows were kept. Rows are shared
 /// among rayon's threads for large inputs (each row's arithmetic is the same either way).
 pub fn centred_unit_rows<T: Real, U: Real>(
+    x: &[T],
+    d: usize,
+    mean: &[f64],
+    zero_rel_tol: f64,
+    out: &mut Vec<U>,
+) -> usize {
+    U::unit_rows_from(x, d, mean, zero_rel_tol, out)
+}
+
+fn centred_unit_rows_body<T: Real, U: Real>(
     x: &[T],
     d: usize,
     mean: &[f64],
