@@ -417,10 +417,9 @@ fn add_cross_chunk(acc: &mut [f64], cx: &Tensor, cy: &Tensor) -> candle_core::Re
     Ok(())
 }
 
+/// `acc += g` in f64 ([`replens_kernels::add_widened`], compiled at opt-level 3).
 fn add_f32(acc: &mut [f64], g: &[f32]) {
-    for (a, &v) in acc.iter_mut().zip(g) {
-        *a += f64::from(v);
-    }
+    replens_kernels::add_widened(acc, g)
 }
 
 /// Runs `f` on the values of `t` when it is a contiguous CPU tensor of type `T` (read in place);

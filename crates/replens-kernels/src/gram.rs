@@ -231,6 +231,20 @@ pub fn add_cross<T: Real>(
     }
 }
 
+/// `acc += g`, each f32 value widened to f64 (the f32 products' partial results added to an f64
+/// accumulator).
+///
+/// ```
+/// let mut acc = vec![1.0f64, 2.0];
+/// replens_kernels::add_widened(&mut acc, &[0.5f32, 0.25]);
+/// assert_eq!(acc, vec![1.5, 2.25]);
+/// ```
+pub fn add_widened(acc: &mut [f64], g: &[f32]) {
+    for (a, &v) in acc.iter_mut().zip(g) {
+        *a += f64::from(v);
+    }
+}
+
 /// Copies the upper triangle of the square row-major `a` (`n × n`) onto its lower triangle.
 pub fn mirror_upper<T: Copy>(a: &mut [T], n: usize) {
     for i in 1..n {

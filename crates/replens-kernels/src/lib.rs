@@ -49,8 +49,8 @@ pub use encoder::{
     scaled_masked_softmax, scaled_masked_softmax_f32,
 };
 pub use gram::{
-    add_cross, add_gram_upper, centred_unit_rows, column_sums, first_non_finite, gemm_parallelism,
-    mirror_upper, shifted_side_by_side, GramOf, Real, GRAM_BLOCK,
+    add_cross, add_gram_upper, add_widened, centred_unit_rows, column_sums, first_non_finite,
+    gemm_parallelism, mirror_upper, shifted_side_by_side, GramOf, Real, GRAM_BLOCK,
 };
 pub use linear_head::{linear_head_logits, linear_head_pass};
 pub use pairwise::{
