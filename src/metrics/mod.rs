@@ -1,6 +1,6 @@
 //! Representation metrics from the studies, and the statistics they share.
 //!
-//! * [`erank`] — effective rank and Diff-eRank (Wei et al., NeurIPS 2024, arXiv 2401.17139),
+//! * [`erank`](mod@erank) — effective rank and Diff-eRank (Wei et al., NeurIPS 2024, arXiv 2401.17139),
 //!   including streaming accumulators and the multi-modal ratios.
 //! * [`stats`] — percentile bootstrap CIs (one-sample and paired), Pearson correlation.
 

@@ -18,7 +18,7 @@
 //! to composite ops that compute the same function with autograd support.
 //!
 //! This file also holds the pieces shared by the other causal decoders of the crate
-//! ([`Activation`], [`check_inputs`], [`causal_padding_bias`], [`attend`]).
+//! ([`Activation`], `check_inputs`, `causal_padding_bias`, `attend`).
 
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};

@@ -3,7 +3,7 @@
 //! Wei, Tan, Li, Wang & Huang, *Diff-eRank: A Novel Rank-Based Metric for Evaluating Large
 //! Language Models*, NeurIPS 2024 (arXiv 2401.17139). For every sentence x of a corpus D the
 //! representation R is the `N × d` matrix of last-layer hidden states (one row per token);
-//! its matrix entropy H is computed by [`crate::metrics::erank`] and
+//! its matrix entropy H is computed by [`crate::metrics::erank`](mod@crate::metrics::erank) and
 //!
 //! ```text
 //!   Diff-eRank(D) = exp(mean_x H(M0, x)) − exp(mean_x H(M1, x))
