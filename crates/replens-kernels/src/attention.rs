@@ -136,41 +136,19 @@ pub fn rotary_attention_f32(
             v_head[i * hd..(i + 1) * hd]
                 .copy_from_slice(&v_rows[i * kv_width + kv_head * hd..][..hd]);
         }
-        let mut scores = vec![0.0f32; t * t];
-        // SAFETY: q_rot is t × hd, k_rot_t hd × t and scores t × t, all row-major and sized so.
+        // SAFETY: q_rot and v_head are t × hd and k_rot_t hd × t, row-major; this task writes
+        // rows `row · t ..` (t of them, `heads · hd` apart) at columns `head · hd ..` (hd of
+        // them) of `out`, which has batch · t rows of heads · hd: inside `out`, and disjoint from
+        // every other task's (row, head) block.
         unsafe {
-            matmul_into(
-                (t, t, hd),
-                scores.as_mut_ptr(),
-                t,
-                q_rot.as_ptr(),
-                hd,
-                k_rot_t.as_ptr(),
-                (t, 1),
-            );
-        }
-        let mut probs = vec![0.0f32; t * t];
-        let row_mask = &mask[row * t * t..(row + 1) * t * t];
-        for ((s, m), p) in scores
-            .chunks_exact(t)
-            .zip(row_mask.chunks_exact(t))
-            .zip(probs.chunks_exact_mut(t))
-        {
-            crate::encoder::softmax_row(s, m, scale, p);
-        }
-        let out_ptr = &out_ptr;
-        // SAFETY: this task writes rows `row · t ..` (t of them, `heads · hd` apart) at columns
-        // `head · hd ..` (hd of them) of `out`, which has batch · t rows of heads · hd: inside
-        // `out`, and disjoint from every other task's (row, head) block.
-        unsafe {
-            matmul_into(
-                (t, hd, t),
-                out_ptr.0.add(row * t * q_width + head * hd),
-                q_width,
-                probs.as_ptr(),
-                t,
-                v_head.as_ptr(),
-                (hd, 1),
+            head_attention(
+                (t, hd),
+                &q_rot,
+                (&k_rot_t, (t, 1)),
+                &v_head,
+                (&mask[row * t * t..(row + 1) * t * t], t),
+                scale,
+                (out_ptr.at(row * t * q_width + head * hd), q_width),
             );
         }
     });
@@ -284,41 +262,69 @@ fn encoder_attention_rows<T: Float>(
                 .collect()
         };
         let (q_head, k_head, v_head) = (head_block(q), head_block(k), head_block(v));
-        let mut scores = vec![T::ZERO; t * t];
-        // SAFETY: q_head, k_head and v_head are t × hd, scores t × t, all row-major; kᵀ is read
-        // as the transposed view of k_head (row stride 1, column stride hd).
+        // SAFETY: q_head, k_head and v_head are t × hd, row-major, kᵀ read as k_head's
+        // transposed view (row stride 1, column stride hd); this task writes rows `row · t ..`
+        // (t of them, `width` apart) at columns `head · hd ..` (hd of them) of `out`, which has
+        // batch · t rows of `width`: inside `out`, and disjoint from every other task's block.
         unsafe {
-            matmul_into(
-                (t, t, hd),
-                scores.as_mut_ptr(),
-                t,
-                q_head.as_ptr(),
-                hd,
-                k_head.as_ptr(),
-                (1, hd),
-            );
-        }
-        let mut probs = vec![T::ZERO; t * t];
-        let mask = &key_bias[row * t..(row + 1) * t];
-        for (s, p) in scores.chunks_exact(t).zip(probs.chunks_exact_mut(t)) {
-            crate::encoder::softmax_row(s, mask, scale, p);
-        }
-        let out_ptr = &out_ptr;
-        // SAFETY: this task writes rows `row · t ..` (t of them, `width` apart) at columns
-        // `head · hd ..` (hd of them) of `out`, which has batch · t rows of `width`: inside `out`
-        // and disjoint from every other task's (row, head) block.
-        unsafe {
-            matmul_into(
-                (t, hd, t),
-                out_ptr.0.add(row * t * width + head * hd),
-                width,
-                probs.as_ptr(),
-                t,
-                v_head.as_ptr(),
-                (hd, 1),
+            head_attention(
+                (t, hd),
+                &q_head,
+                (&k_head, (1, hd)),
+                &v_head,
+                (&key_bias[row * t..(row + 1) * t], 0),
+                scale,
+                (out_ptr.at(row * t * width + head * hd), width),
             );
         }
     });
+}
+
+/// One (sequence, head) of attention: `dst = softmax(q kᵀ · scale + mask) v`, with `q` and `v`
+/// row-major `t × hd`, `kᵀ` the `hd × t` operand `k` read with strides `(row, column)`, and the
+/// mask of query `i` at `mask[i · mask_rs ..][..t]` (`mask_rs = t` for a mask per query, 0 for one
+/// key mask shared by all queries). The products are single-threaded `gemm` calls (the caller
+/// spreads the heads over threads), the softmax candle's.
+///
+/// # Safety
+/// `dst` must address `t` rows of `hd` values, `dst_rs` apart, inside a live allocation that no
+/// other thread reads or writes meanwhile; `k` must hold the `hd × t` operand its strides read.
+unsafe fn head_attention<T: Float>(
+    (t, hd): (usize, usize),
+    q: &[T],
+    (k, k_strides): (&[T], (usize, usize)),
+    v: &[T],
+    (mask, mask_rs): (&[T], usize),
+    scale: T,
+    (dst, dst_rs): (*mut T, usize),
+) {
+    let mut scores = vec![T::ZERO; t * t];
+    matmul_into(
+        (t, t, hd),
+        scores.as_mut_ptr(),
+        t,
+        q.as_ptr(),
+        hd,
+        k.as_ptr(),
+        k_strides,
+    );
+    let mut probs = vec![T::ZERO; t * t];
+    for (i, (s, p)) in scores
+        .chunks_exact(t)
+        .zip(probs.chunks_exact_mut(t))
+        .enumerate()
+    {
+        crate::encoder::softmax_row(s, &mask[i * mask_rs..i * mask_rs + t], scale, p);
+    }
+    matmul_into(
+        (t, hd, t),
+        dst,
+        dst_rs,
+        probs.as_ptr(),
+        t,
+        v.as_ptr(),
+        (hd, 1),
+    );
 }
 
 /// `dst = a · b` for `a` (`m × k`, row stride `a_rs`) and `b` (`k × n`, strides `b_rs`, `b_cs`)
@@ -365,3 +371,14 @@ struct SendPtr<T>(*mut T);
 // SAFETY: the tasks write disjoint blocks (see the call sites) while `out` is borrowed mutably.
 unsafe impl<T> Sync for SendPtr<T> {}
 unsafe impl<T> Send for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer `offset` values in (a method, so that a closure captures the whole `SendPtr`,
+    /// not its raw pointer field).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the allocation.
+    unsafe fn at(&self, offset: usize) -> *mut T {
+        self.0.add(offset)
+    }
+}
