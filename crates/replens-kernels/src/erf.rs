@@ -586,7 +586,9 @@ mod tests {
                 erf_block(&block, &mut out[..block.len()], build);
                 for (&x, &o) in block.iter().zip(&out) {
                     let want = x.libm_erf();
-                    // NaN == NaN is false: compare the bits, accepting any NaN for a NaN
+                    // NaN == NaN is false: compare the bits, accepting any NaN for a NaN (the
+                    // only value unequal to itself)
+                    #[allow(clippy::eq_op)]
                     let nan = |v: T| v != v;
                     assert!(
                         bits(o) == bits(want) || (nan(o) && nan(want)),
