@@ -259,7 +259,7 @@ pub fn bias_gelu(x: &[f64], bias: &[f64], out: &mut [f64]) {
 }
 
 /// Rows of `erf::bias_gelu_row`.
-fn bias_gelu_rows<T: crate::erf::LibmErf + Send + Sync>(x: &[T], bias: &[T], out: &mut [T]) {
+fn bias_gelu_rows<T: crate::erf::LibmErf>(x: &[T], bias: &[T], out: &mut [T]) {
     let width = bias.len();
     assert!(width > 0 && x.len() == out.len() && x.len().is_multiple_of(width));
     for_rows(x, out, width, PARALLEL_MIN, |_, x, o| {

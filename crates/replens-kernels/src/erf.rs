@@ -16,23 +16,14 @@
 //! > Permission to use, copy, modify, and distribute this software is freely granted,
 //! > provided that this notice is preserved.
 
-use std::ops::{Add, Div, Mul, Neg, Sub};
+use std::ops::Neg;
+
+use crate::encoder::Float;
 
 /// A float type with `libm`'s `erf` coefficients and the bit tests `erf` and `exp` make on it.
 /// Thresholds are on the high 32 bits of |x| (all of an f32, the top word of an f64), as
 /// `libm` tests them.
-pub(crate) trait LibmErf:
-    'static
-    + Copy
-    + PartialEq
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-{
-    const ZERO: Self;
-    const ONE: Self;
+pub(crate) trait LibmErf: Float + Neg<Output = Self> {
     const HALF: Self;
     const EIGHTH: Self;
     const EIGHT: Self;
@@ -87,8 +78,6 @@ pub(crate) trait LibmErf:
 // The coefficients as libm writes them (the same bits after rounding).
 #[allow(clippy::excessive_precision, clippy::approx_constant)]
 impl LibmErf for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
     const HALF: Self = 0.5;
     const EIGHTH: Self = 0.125;
     const EIGHT: Self = 8.0;
@@ -217,8 +206,6 @@ impl LibmErf for f32 {
 // The coefficients as libm writes them (the same bits after rounding).
 #[allow(clippy::excessive_precision, clippy::approx_constant)]
 impl LibmErf for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
     const HALF: Self = 0.5;
     const EIGHTH: Self = 0.125;
     const EIGHT: Self = 8.0;
