@@ -179,17 +179,13 @@ pub fn erank_report_with(r: &Tensor, opts: &ErankOptions) -> Result<ErankReport>
 /// Like [`erank_report_with`], but degenerate input (N < 2, no variation) is returned as
 /// [`SentenceErank::Skipped`] instead of an error. NaN/inf and wrong shapes are still errors.
 pub fn erank_or_skip(r: &Tensor, opts: &ErankOptions) -> Result<SentenceErank> {
-    let prepared = with_read_rows(r, |rows, n, d| {
+    let (n, d, prepared) = with_read_rows(r, |rows, n, d| {
         let mean = finite_column_means(rows, n, d)?;
-        if n < 2 {
-            return Ok(None);
-        }
-        Ok(Some((unit_rows(rows, d, &mean, opts.precision), n, d)))
+        let units = (n >= 2).then(|| unit_rows(rows, d, &mean, opts.precision));
+        Ok((n, d, units))
     })?;
-    let Some(((z, used), n, d)) = prepared else {
-        return Ok(SentenceErank::Skipped(Skip::TooFewRows {
-            rows: r.dim(0).unwrap_or(0),
-        }));
+    let Some((z, used)) = prepared else {
+        return Ok(SentenceErank::Skipped(Skip::TooFewRows { rows: n }));
     };
     if used == 0 {
         return Ok(SentenceErank::Skipped(Skip::NoVariation { rows: n }));
@@ -252,7 +248,10 @@ fn spectrum_entropy(eigenvalues: &[f64]) -> Result<(f64, Vec<f64>)> {
 /// read in place when contiguous (no copy), other dtypes converted to f64; every later step
 /// still computes in f64. NaN / inf are checked later, by [`finite_column_means`] or
 /// [`check_rows_finite`].
-fn with_read_rows<R>(r: &Tensor, f: impl FnOnce(Rows<'_>, usize, usize) -> Result<R>) -> Result<R> {
+fn with_read_rows<R>(
+    r: &Tensor,
+    mut f: impl FnMut(Rows<'_>, usize, usize) -> Result<R>,
+) -> Result<R> {
     let (n, d) = r.dims2().map_err(|_| {
         Error::InvalidInput(format!(
             "eRank expects a 2-D (tokens, d) tensor, got shape {:?}",

@@ -437,11 +437,6 @@ fn with_slice<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> R) -> Option<
     values.get(start..start + t.elem_count()).map(f)
 }
 
-/// [`with_slice`] for f32.
-fn with_f32_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    with_slice(t, f)
-}
-
 /// Row-major matrix values borrowed in their working precision (see [`Values`]).
 #[derive(Clone, Copy)]
 pub(crate) enum Rows<'a> {
@@ -450,20 +445,14 @@ pub(crate) enum Rows<'a> {
 }
 
 /// Runs `f` on the values of `t` as [`Rows`]: read in place when `t` is a contiguous f32 or f64
-/// CPU tensor, else copied by [`Values::of`] (other dtypes converted to f64).
-pub(crate) fn with_rows<R>(t: &Tensor, f: impl FnOnce(Rows<'_>) -> R) -> candle_core::Result<R> {
-    if t.is_contiguous() && matches!(t.dtype(), DType::F32 | DType::F64) {
-        let (storage, layout) = t.storage_and_layout();
-        if let candle_core::Storage::Cpu(cpu) = &*storage {
-            let range = layout.start_offset()..layout.start_offset() + t.elem_count();
-            let rows = match t.dtype() {
-                DType::F32 => cpu.as_slice::<f32>()?.get(range).map(Rows::F32),
-                _ => cpu.as_slice::<f64>()?.get(range).map(Rows::F64),
-            };
-            if let Some(rows) = rows {
-                return Ok(f(rows));
-            }
-        }
+/// CPU tensor ([`with_slice`]), else copied by [`Values::of`] (other dtypes converted to f64).
+/// `f` runs once.
+pub(crate) fn with_rows<R>(t: &Tensor, mut f: impl FnMut(Rows<'_>) -> R) -> candle_core::Result<R> {
+    if let Some(r) = with_slice(t, |x: &[f32]| f(Rows::F32(x))) {
+        return Ok(r);
+    }
+    if let Some(r) = with_slice(t, |x: &[f64]| f(Rows::F64(x))) {
+        return Ok(r);
     }
     let values = Values::of(t)?;
     Ok(f(values.rows()))
@@ -615,8 +604,8 @@ impl PairMoments {
             self.shift_y = sy;
         }
         if precision == Precision::F32 {
-            let pushed = with_f32_rows(x, |xs| {
-                with_f32_rows(y, |ys| self.push_f32_side_by_side(xs, ys, n, what))
+            let pushed = with_slice(x, |xs: &[f32]| {
+                with_slice(y, |ys: &[f32]| self.push_f32_side_by_side(xs, ys, n, what))
             });
             if let Some(Some(result)) = pushed {
                 return result;

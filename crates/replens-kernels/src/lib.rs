@@ -8,9 +8,9 @@
 //!   ([`sq_distances_from_gram_upper`], [`lower_median_upper`], [`rbf_upper`],
 //!   [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]), its
-//!   rotary grouped-query attention ([`rotary_attention_f32`]), and
-//!   f64 and f32 kernels of an encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`],
-//!   [`scaled_masked_softmax`], [`encoder_attention`] and their `_f32` twins) behind `replens`'s CPU inference passes;
+//!   rotary grouped-query attention ([`rotary_attention_f32`]), and f64 and f32 kernels of an
+//!   encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`], [`scaled_masked_softmax`],
+//!   [`encoder_attention`] and their `_f32` twins) behind `replens`'s CPU inference passes;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
 //!
