@@ -759,8 +759,6 @@ impl Attention {
         // HF eager_attention_forward: (q · kᵀ) * head_dim^-0.5, + mask, softmax.
         let scale = (head_dim as f64).powf(-0.5);
         // Inference on plain CPU tensors: one fused kernel per (sequence, head), the same values
-        // as the ops below (test). Training passes keep the ops (see the softmax below).
-        // Inference on plain CPU tensors: one fused kernel per (sequence, head), the same values
         // as the ops (test). Training passes keep the ops (see `attention_ops`).
         let fused = if pass.train {
             None

@@ -72,6 +72,27 @@ fn with_f32(
     with_cpu(tensors, shape, f)
 }
 
+/// [`with_cpu`] in the tensors' precision (that of `tensors[0]`): `f64_kernel` for f64,
+/// `f32_kernel` for f32, `None` for other dtypes. For the encoder's kernels, which exist in both.
+fn with_f64_or_f32(
+    tensors: &[&Tensor],
+    shape: &[usize],
+    f64_kernel: impl FnOnce(&[&[f64]], &mut [f64]),
+    f32_kernel: impl FnOnce(&[&[f32]], &mut [f32]),
+) -> candle_core::Result<Option<Tensor>> {
+    match tensors.first().map(|t| t.dtype()) {
+        Some(DType::F64) => with_cpu(tensors, shape, f64_kernel),
+        Some(DType::F32) => with_cpu(tensors, shape, f32_kernel),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `bias` is a vector over the last dimension of `x` (a linear layer's bias).
+fn is_row_bias(x: &Tensor, bias: &Tensor) -> bool {
+    let width = bias.elem_count();
+    bias.rank() == 1 && x.dims().last() == Some(&width) && width > 0
+}
+
 /// `a + b` for two tensors of the same shape.
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> candle_core::Result<Option<Tensor>> {
     if a.dims() != b.dims() {
@@ -236,51 +257,40 @@ pub(crate) fn add_layer_norm(
     }
     let mut inputs = vec![a, weight, bias];
     inputs.extend(b);
-    match a.dtype() {
-        DType::F64 => with_cpu(&inputs, a.dims(), |s, out| {
-            replens_kernels::add_layer_norm(s[0], s.get(3).copied(), s[1], s[2], eps, out)
-        }),
-        DType::F32 => with_cpu(&inputs, a.dims(), |s, out| {
-            replens_kernels::add_layer_norm_f32(s[0], s.get(3).copied(), s[1], s[2], eps, out)
-        }),
-        _ => Ok(None),
-    }
+    with_f64_or_f32(
+        &inputs,
+        a.dims(),
+        |s, out| replens_kernels::add_layer_norm(s[0], s.get(3).copied(), s[1], s[2], eps, out),
+        |s, out| replens_kernels::add_layer_norm_f32(s[0], s.get(3).copied(), s[1], s[2], eps, out),
+    )
 }
 
 /// `gelu_erf(xw + bias)` for `xw` `(rows, width)` and `bias` `(width,)`, in f64 or f32:
 /// [`replens_kernels::bias_gelu`] and its f32 twin.
 pub(crate) fn bias_gelu(xw: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let width = bias.elem_count();
-    if bias.rank() != 1 || xw.dims().last() != Some(&width) || width == 0 {
+    if !is_row_bias(xw, bias) {
         return Ok(None);
     }
-    match xw.dtype() {
-        DType::F64 => with_cpu(&[xw, bias], xw.dims(), |s, out| {
-            replens_kernels::bias_gelu(s[0], s[1], out)
-        }),
-        DType::F32 => with_cpu(&[xw, bias], xw.dims(), |s, out| {
-            replens_kernels::bias_gelu_f32(s[0], s[1], out)
-        }),
-        _ => Ok(None),
-    }
+    with_f64_or_f32(
+        &[xw, bias],
+        xw.dims(),
+        |s, out| replens_kernels::bias_gelu(s[0], s[1], out),
+        |s, out| replens_kernels::bias_gelu_f32(s[0], s[1], out),
+    )
 }
 
 /// `x + bias` for a bias over the last dimension of `x` (a linear layer's), in f64 or f32:
 /// [`replens_kernels::add_bias`] and its f32 twin, the value of candle's `broadcast_add`.
 pub(crate) fn add_bias(x: &Tensor, bias: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    let width = bias.elem_count();
-    if bias.rank() != 1 || x.dims().last() != Some(&width) || width == 0 {
+    if !is_row_bias(x, bias) {
         return Ok(None);
     }
-    match x.dtype() {
-        DType::F64 => with_cpu(&[x, bias], x.dims(), |s, out| {
-            replens_kernels::add_bias(s[0], s[1], out)
-        }),
-        DType::F32 => with_cpu(&[x, bias], x.dims(), |s, out| {
-            replens_kernels::add_bias_f32(s[0], s[1], out)
-        }),
-        _ => Ok(None),
-    }
+    with_f64_or_f32(
+        &[x, bias],
+        x.dims(),
+        |s, out| replens_kernels::add_bias(s[0], s[1], out),
+        |s, out| replens_kernels::add_bias_f32(s[0], s[1], out),
+    )
 }
 
 /// `softmax(scores · scale + key_bias)` for attention scores `(b, h, q, k)` and an additive key
@@ -298,15 +308,12 @@ pub(crate) fn scaled_masked_softmax(
         return Ok(None);
     }
     let dims = (b, h, q, k);
-    match scores.dtype() {
-        DType::F64 => with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
-            replens_kernels::scaled_masked_softmax(s[0], s[1], scale, dims, out)
-        }),
-        DType::F32 => with_cpu(&[scores, key_bias], scores.dims(), |s, out| {
-            replens_kernels::scaled_masked_softmax_f32(s[0], s[1], scale, dims, out)
-        }),
-        _ => Ok(None),
-    }
+    with_f64_or_f32(
+        &[scores, key_bias],
+        scores.dims(),
+        |s, out| replens_kernels::scaled_masked_softmax(s[0], s[1], scale, dims, out),
+        |s, out| replens_kernels::scaled_masked_softmax_f32(s[0], s[1], scale, dims, out),
+    )
 }
 
 /// A BERT-family encoder's self-attention from the projections `q`, `k`, `v` (`(b·t, heads ·
@@ -344,15 +351,12 @@ pub(crate) fn encoder_attention(
         kv_heads: heads,
         head_dim: width / heads,
     };
-    match q.dtype() {
-        DType::F64 => with_cpu(&[q, k, v, key_bias], q.dims(), |s, out| {
-            replens_kernels::encoder_attention(s[0], s[1], s[2], s[3], scale, dims, out)
-        }),
-        DType::F32 => with_cpu(&[q, k, v, key_bias], q.dims(), |s, out| {
-            replens_kernels::encoder_attention_f32(s[0], s[1], s[2], s[3], scale, dims, out)
-        }),
-        _ => Ok(None),
-    }
+    with_f64_or_f32(
+        &[q, k, v, key_bias],
+        q.dims(),
+        |s, out| replens_kernels::encoder_attention(s[0], s[1], s[2], s[3], scale, dims, out),
+        |s, out| replens_kernels::encoder_attention_f32(s[0], s[1], s[2], s[3], scale, dims, out),
+    )
 }
 
 /// Strides of a batched matrix operand: (batch count, batch stride, row stride, column stride),
