@@ -72,7 +72,7 @@ use polars::prelude::{Column, DataFrame};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use replens_kernels::{GramOf, KernelSums};
+use replens_kernels::{KernelSums, UpperTriangle};
 
 use crate::display::{escape_html, table_html, DisplayHtml, Html};
 use crate::error::{bail, Result};
@@ -338,18 +338,9 @@ struct PooledKernel {
 /// an `n × n` row-major matrix (entries below it are unspecified), via ‖a‖² + ‖b‖² − 2aᵀb with
 /// the f64 Gram product's upper triangle. The rows are centred first: distances do not change,
 /// but a large common offset would otherwise cancel catastrophically.
-fn pooled_sq_distances(z: &Matrix) -> Vec<f64> {
-    let (n, d) = (z.rows(), z.cols());
-    let mut zc = z.data().to_vec();
-    crate::metrics::linalg::centre_columns(&mut zc, d);
-    let norms: Vec<f64> = zc
-        .chunks_exact(d)
-        .map(|r| r.iter().map(|v| v * v).sum())
-        .collect();
-    let mut dist = replens_kernels::zeroed_buffer(n * n);
-    replens_kernels::add_gram_upper(&mut dist, &zc, n, d, GramOf::Rows, gemm_threads());
-    replens_kernels::sq_distances_from_gram_upper(&mut dist, &norms);
-    dist
+/// The squared distances between the rows of x and y, pooled (x's first).
+fn pooled_sq_distances(x: &Matrix, y: &Matrix) -> UpperTriangle<f64> {
+    replens_kernels::sq_distances(&[x.data(), y.data()], x.cols(), gemm_threads())
 }
 
 fn sigma_from(bandwidth: Bandwidth, median: impl FnOnce() -> f64, what: &str) -> Result<f64> {
@@ -372,31 +363,24 @@ fn sigma_from(bandwidth: Bandwidth, median: impl FnOnce() -> f64, what: &str) ->
     }
 }
 
-/// The pooled RBF kernel's sums and, when `keep_matrix`, its upper triangle in f32 (`n × n`
-/// row-major; empty otherwise).
+/// The pooled RBF kernel's sums and, when `keep_matrix`, its upper triangle less the offset
+/// ([`replens_kernels::KernelSums::offset`]) in f32.
 fn pooled_kernel(
     x: &Matrix,
     y: &Matrix,
     bandwidth: Bandwidth,
     what: &str,
     keep_matrix: bool,
-) -> Result<(PooledKernel, Vec<f32>)> {
-    let z = Matrix::vstack(what, &[x, y])?;
-    let n = z.rows();
-    let dist = pooled_sq_distances(&z);
+) -> Result<(PooledKernel, Option<UpperTriangle<f32>>)> {
+    let n = x.rows() + y.rows();
+    let dist = pooled_sq_distances(x, y);
     let sigma = sigma_from(
         bandwidth,
-        || replens_kernels::lower_median_upper(&dist, n),
+        || replens_kernels::lower_median_upper(&dist),
         what,
     )?;
     let scale = -1.0 / (2.0 * sigma * sigma);
-    let mut k = if keep_matrix {
-        replens_kernels::zeroed_buffer(n * n)
-    } else {
-        Vec::new()
-    };
-    let out = keep_matrix.then_some(k.as_mut_slice());
-    let sums = replens_kernels::rbf_upper(&dist, n, scale, x.rows(), out);
+    let (sums, k) = replens_kernels::rbf_upper(&dist, scale, x.rows(), keep_matrix);
     let kernel = PooledKernel {
         sums,
         n,
@@ -473,14 +457,13 @@ fn check_min_rows(what: &str, x: &Matrix, y: &Matrix, min: usize) -> Result<()> 
 /// σ = sqrt(median_{i<j} ‖z_i − z_j‖² / 2)).
 pub fn median_bandwidth(x: &Tensor, y: &Tensor) -> Result<f64> {
     let (mx, my) = read_pair("median_bandwidth", x, y)?;
-    let z = Matrix::vstack("median_bandwidth", &[&mx, &my])?;
-    if z.rows() < 2 {
+    if mx.rows() + my.rows() < 2 {
         bail!("median_bandwidth: needs at least 2 pooled rows");
     }
-    let dist = pooled_sq_distances(&z);
+    let dist = pooled_sq_distances(&mx, &my);
     sigma_from(
         Bandwidth::Median,
-        || replens_kernels::lower_median_upper(&dist, z.rows()),
+        || replens_kernels::lower_median_upper(&dist),
         "median_bandwidth",
     )
 }
@@ -563,6 +546,7 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
         bail!("{what}: n_permutations must be ≥ 1");
     }
     let (kernel, k) = pooled_kernel(x, y, opts.bandwidth, what, true)?;
+    let k = k.expect("pooled_kernel keeps the matrix when asked to");
     let mmd = kernel.mmd();
     let (n, m) = (kernel.n, kernel.n_x);
     let pick = |s: Mmd| match opts.statistic {
@@ -594,7 +578,7 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
             }
         }
         first = false;
-        let sxx = replens_kernels::symmetric_quadratic_forms(&k, n, &member, b, kernel.sums.offset);
+        let sxx = replens_kernels::symmetric_quadratic_forms(&k, &member, b, kernel.sums.offset);
         // aᵀ(K1): the row sums of the rows in x.
         let mut x_rows = vec![0.0f64; b];
         for (row, &r) in member.chunks_exact(b).zip(row_sums) {
@@ -683,11 +667,8 @@ pub fn linear_mmd_test_matrix(
             let half = LINEAR_MMD_MEDIAN_ROWS / 2;
             let sx: Vec<usize> = ix.iter().copied().take(half).collect();
             let sy: Vec<usize> = iy.iter().copied().take(half).collect();
-            let z = Matrix::vstack(what, &[&x.select_rows(&sx), &y.select_rows(&sy)]);
-            match z.map(|z| (pooled_sq_distances(&z), z.rows())) {
-                Ok((dist, n)) => replens_kernels::lower_median_upper(&dist, n),
-                Err(_) => f64::NAN,
-            }
+            let dist = pooled_sq_distances(&x.select_rows(&sx), &y.select_rows(&sy));
+            replens_kernels::lower_median_upper(&dist)
         },
         what,
     )?;

@@ -4,9 +4,8 @@
 //!   the EISPACK `tred2`/`tql2` scheme), in `f64`;
 //! * Gram and cross products written in place by `gemm` ([`add_gram_upper`], [`add_cross`]) and
 //!   the row preparation of eRank ([`column_sums`], [`centred_unit_rows`]);
-//! * the kernel-matrix passes of the MMD tests over one triangle of an `n × n` matrix
-//!   ([`sq_distances_from_gram_upper`], [`lower_median_upper`], [`rbf_upper`],
-//!   [`symmetric_quadratic_forms`]);
+//! * the kernel-matrix passes of the MMD tests over the [`UpperTriangle`] of an `n × n` matrix
+//!   ([`sq_distances`], [`lower_median_upper`], [`rbf_upper`], [`symmetric_quadratic_forms`]);
 //! * the fused row-wise f32 kernels of a decoder block ([`rms_norm`], [`add`], [`silu_mul`]), its
 //!   rotary grouped-query attention ([`rotary_attention_f32`]), and f64 and f32 kernels of an
 //!   encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`], [`scaled_masked_softmax`],
@@ -40,10 +39,10 @@ mod gram;
 mod linear_head;
 mod pairwise;
 mod rowwise;
+mod triangle;
 pub use attention::{
     encoder_attention, encoder_attention_f32, rotary_attention_f32, AttentionDims,
 };
-pub use buffer::zeroed_buffer;
 pub use encoder::{
     add_bias, add_bias_f32, add_layer_norm, add_layer_norm_f32, bias_gelu, bias_gelu_f32,
     scaled_masked_softmax, scaled_masked_softmax_f32,
@@ -54,10 +53,10 @@ pub use gram::{
 };
 pub use linear_head::{linear_head_logits, linear_head_pass};
 pub use pairwise::{
-    lower_median_upper, rbf_upper, sq_distances_from_gram_upper, symmetric_quadratic_forms,
-    KernelSums,
+    lower_median_upper, rbf_upper, sq_distances, symmetric_quadratic_forms, KernelSums,
 };
 pub use rowwise::{add, rms_norm, silu_mul};
+pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};
 
 /// Trailing blocks with at least this many rows are tridiagonalised on rayon's threads.
 const PARALLEL_ROWS: usize = 192;
