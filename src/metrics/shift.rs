@@ -338,9 +338,16 @@ struct PooledKernel {
 /// an `n × n` row-major matrix (entries below it are unspecified), via ‖a‖² + ‖b‖² − 2aᵀb with
 /// the f64 Gram product's upper triangle. The rows are centred first: distances do not change,
 /// but a large common offset would otherwise cancel catastrophically.
-/// The squared distances between the rows of x and y, pooled (x's first).
-fn pooled_sq_distances(x: &Matrix, y: &Matrix) -> UpperTriangle<f64> {
-    replens_kernels::sq_distances(&[x.data(), y.data()], x.cols(), gemm_threads())
+/// The squared distances between the rows of x and y, pooled (x's first), and when `median` their
+/// lower median (NaN otherwise).
+fn pooled_sq_distances(x: &Matrix, y: &Matrix, median: bool) -> (UpperTriangle<f64>, f64) {
+    let parts = [x.data(), y.data()];
+    if median {
+        replens_kernels::sq_distances_with_median(&parts, x.cols(), gemm_threads())
+    } else {
+        let dist = replens_kernels::sq_distances(&parts, x.cols(), gemm_threads());
+        (dist, f64::NAN)
+    }
 }
 
 fn sigma_from(bandwidth: Bandwidth, median: impl FnOnce() -> f64, what: &str) -> Result<f64> {
@@ -373,12 +380,8 @@ fn pooled_kernel(
     keep_matrix: bool,
 ) -> Result<(PooledKernel, Option<UpperTriangle<f32>>)> {
     let n = x.rows() + y.rows();
-    let dist = pooled_sq_distances(x, y);
-    let sigma = sigma_from(
-        bandwidth,
-        || replens_kernels::lower_median_upper(&dist),
-        what,
-    )?;
+    let (dist, median) = pooled_sq_distances(x, y, matches!(bandwidth, Bandwidth::Median));
+    let sigma = sigma_from(bandwidth, || median, what)?;
     let scale = -1.0 / (2.0 * sigma * sigma);
     let (sums, k) = replens_kernels::rbf_upper(&dist, scale, x.rows(), keep_matrix);
     let kernel = PooledKernel {
@@ -460,12 +463,8 @@ pub fn median_bandwidth(x: &Tensor, y: &Tensor) -> Result<f64> {
     if mx.rows() + my.rows() < 2 {
         bail!("median_bandwidth: needs at least 2 pooled rows");
     }
-    let dist = pooled_sq_distances(&mx, &my);
-    sigma_from(
-        Bandwidth::Median,
-        || replens_kernels::lower_median_upper(&dist),
-        "median_bandwidth",
-    )
+    let (_, median) = pooled_sq_distances(&mx, &my, true);
+    sigma_from(Bandwidth::Median, || median, "median_bandwidth")
 }
 
 /// Which MMD estimate the permutation test uses as its statistic.
@@ -667,8 +666,7 @@ pub fn linear_mmd_test_matrix(
             let half = LINEAR_MMD_MEDIAN_ROWS / 2;
             let sx: Vec<usize> = ix.iter().copied().take(half).collect();
             let sy: Vec<usize> = iy.iter().copied().take(half).collect();
-            let dist = pooled_sq_distances(&x.select_rows(&sx), &y.select_rows(&sy));
-            replens_kernels::lower_median_upper(&dist)
+            pooled_sq_distances(&x.select_rows(&sx), &y.select_rows(&sy), true).1
         },
         what,
     )?;

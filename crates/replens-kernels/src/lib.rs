@@ -53,7 +53,8 @@ pub use gram::{
 };
 pub use linear_head::{linear_head_logits, linear_head_pass};
 pub use pairwise::{
-    lower_median_upper, rbf_upper, sq_distances, symmetric_quadratic_forms, KernelSums,
+    lower_median_upper, rbf_upper, sq_distances, sq_distances_with_median,
+    symmetric_quadratic_forms, KernelSums, PAIR_SAMPLE,
 };
 pub use rowwise::{add, rms_norm, silu_mul};
 pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};

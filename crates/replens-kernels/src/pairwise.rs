@@ -30,6 +30,41 @@ const ROWS_PER_TASK: usize = 64;
 /// assert_eq!(d.row(1), &[0.0, 18.0]);
 /// ```
 pub fn sq_distances(parts: &[&[f64]], d: usize, threads: usize) -> UpperTriangle<f64> {
+    distances_impl(parts, d, threads, false).0
+}
+
+/// [`sq_distances`] and the lower median of the pairs' distances, as [`lower_median_upper`]
+/// finds it (the same value, bit for bit), without a pass of its own: a sample of
+/// [`PAIR_SAMPLE`] random pairs, computed straight from the rows, brackets the median, and each
+/// block of the triangle is counted against the bracket right after it is written. Should the
+/// bracket miss, [`lower_median_upper`] runs on the result. The median is NaN when n < 2.
+///
+/// ```
+/// // pairs 25, 1 and 18: lower median 18
+/// let (d, median) = replens_kernels::sq_distances_with_median(&[&[0.0, 0.0, 3.0, 4.0, 0.0, 1.0]], 2, 1);
+/// assert_eq!((d.get(0, 1), median), (25.0, 18.0));
+/// ```
+pub fn sq_distances_with_median(
+    parts: &[&[f64]],
+    d: usize,
+    threads: usize,
+) -> (UpperTriangle<f64>, f64) {
+    let (dist, median) = distances_impl(parts, d, threads, true);
+    let median = median.unwrap_or_else(|| lower_median_upper(&dist));
+    (dist, median)
+}
+
+/// Random pairs drawn by [`sq_distances_with_median`] to bracket the median (its bracket then
+/// holds about 1.6 % of all pairs).
+pub const PAIR_SAMPLE: usize = 1 << 17;
+
+/// [`sq_distances`], and the median when `median` and the bracket holds it.
+fn distances_impl(
+    parts: &[&[f64]],
+    d: usize,
+    threads: usize,
+    median: bool,
+) -> (UpperTriangle<f64>, Option<f64>) {
     assert!(d > 0, "sq_distances: rows without columns");
     for part in parts {
         assert!(
@@ -61,6 +96,19 @@ pub fn sq_distances(parts: &[&[f64]], d: usize, threads: usize) -> UpperTriangle
         })
         .collect();
     let z = z.as_slice();
+    let pairs = n * n.saturating_sub(1) / 2;
+    let rank = pairs.saturating_sub(1) / 2;
+    let bracket = (median && pairs >= 4 * PAIR_SAMPLE).then(|| {
+        let sample = sample_pairs(n, PAIR_SAMPLE)
+            .into_par_iter()
+            .with_min_len(1024)
+            .map(|(i, j)| {
+                let (a, b) = (&z[i * d..(i + 1) * d], &z[j * d..(j + 1) * d]);
+                (sq_norms[i] + sq_norms[j] - 2.0 * lane_dot(a, b)).max(0.0)
+            })
+            .collect();
+        Bracket::around(sample, rank, pairs)
+    });
     let parallelism = gemm_parallelism(threads);
     let convert = |block: Block<&mut [MaybeUninit<f64>]>| {
         let (r0, stride) = (block.r0, n - block.r0);
@@ -95,7 +143,7 @@ pub fn sq_distances(parts: &[&[f64]], d: usize, threads: usize) -> UpperTriangle
         data.par_chunks_mut(stride)
             .enumerate()
             .with_min_len(ROWS_PER_TASK / 4)
-            .for_each(|(r, row)| {
+            .map(|(r, row)| {
                 let i = r0 + r;
                 let ni = sq_norms[i];
                 let (left, right) = row.split_at_mut(r);
@@ -104,10 +152,62 @@ pub fn sq_distances(parts: &[&[f64]], d: usize, threads: usize) -> UpperTriangle
                     *v = (ni + nj - 2.0 * *v).max(0.0);
                 }
                 right[0] = 0.0;
-            });
+                // Counted while the row is still in cache.
+                match bracket {
+                    Some(bracket) => bracket.split_not_nan(&right[1..]),
+                    None => (0, Vec::new()),
+                }
+            })
+            .reduce(|| (0, Vec::new()), Bracket::merge)
     };
     // SAFETY: `convert` writes every value of each block (gemm writes them all).
-    unsafe { UpperTriangle::build(n, false, convert).0 }
+    let (dist, splits) = unsafe { UpperTriangle::build(n, false, convert) };
+    let median = bracket.and_then(|_| {
+        let (below, inside) = splits.into_iter().fold((0, Vec::new()), Bracket::merge);
+        Bracket::select(below, inside, rank)
+    });
+    (dist, median)
+}
+
+/// `count` pairs (i, j ≠ i) of 0..n drawn uniformly (SplitMix64 from a fixed seed, so the same
+/// pairs every call). n ≥ 2.
+fn sample_pairs(n: usize, count: usize) -> Vec<(usize, usize)> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = state;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    };
+    // The high bits of a 64 × 64-bit product: an unbiased-enough index for n ≪ 2⁶⁴.
+    let mut index = move |below: usize| ((next() as u128 * below as u128) >> 64) as usize;
+    (0..count)
+        .map(|_| {
+            let i = index(n);
+            let j = index(n - 1);
+            (i, if j >= i { j + 1 } else { j })
+        })
+        .collect()
+}
+
+/// a·b with eight partial sums (so that the products vectorise).
+fn lane_dot(a: &[f64], b: &[f64]) -> f64 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..LANES {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// Row `i` of `a` right of its diagonal: the pairs (i, j > i).
@@ -204,7 +304,7 @@ fn bracketed_median(a: &UpperTriangle<f64>, rank: usize) -> Option<f64> {
     // proportion to its length. (A sample of whole rows, taken before, is far from independent
     // (a row's distances all share its point) and missed the bracket on shifted data.)
     let step = (pairs / SAMPLE_VALUES).max(1);
-    let mut sample: Vec<f64> = (0..n - 1)
+    let sample: Vec<f64> = (0..n - 1)
         .into_par_iter()
         .with_min_len(ROWS_PER_TASK)
         .flat_map_iter(|i| {
@@ -214,63 +314,105 @@ fn bracketed_median(a: &UpperTriangle<f64>, rank: usize) -> Option<f64> {
             upper_row(a, i).iter().skip(first).step_by(step).copied()
         })
         .collect();
-    let len = sample.len();
-    if len < SAMPLE_VALUES / 4 {
+    if sample.len() < SAMPLE_VALUES / 4 {
         return None;
     }
-    // The sample's quantile at the median's rank, widened by ±8 standard deviations of a
-    // sample proportion (√(len/4) values), bounds the median unless the sample is very unusual.
-    let centre = (rank as f64 / pairs as f64 * len as f64) as usize;
-    let margin = 4 * (len as f64).sqrt() as usize + 1;
-    let lo_rank = centre.saturating_sub(margin);
-    let hi_rank = (centre + margin).min(len - 1);
-    let (_, &mut lo, above) = sample.select_nth_unstable_by(lo_rank, |x, y| x.total_cmp(y));
-    let hi = if hi_rank > lo_rank {
-        let (_, &mut hi, _) =
-            above.select_nth_unstable_by(hi_rank - lo_rank - 1, |x, y| x.total_cmp(y));
-        hi
-    } else {
-        lo
-    };
-    let (lo_key, hi_key) = (order_key(lo), order_key(hi));
-    let (below, mut inside) = (0..n - 1)
+    let bracket = Bracket::around(sample, rank, pairs);
+    let (below, inside) = (0..n - 1)
         .into_par_iter()
         .with_min_len(ROWS_PER_TASK)
-        .map(|i| {
-            let row = upper_row(a, i);
-            // The bounds are copied in so that the loops keep them in registers.
-            let (lo_key, hi_key) = (lo_key, hi_key);
-            // (Plain comparisons: a `RangeInclusive::contains` here measured 2× slower.)
-            let within = move |v: f64| {
-                let key = order_key(v);
-                key >= lo_key && key <= hi_key
-            };
-            // A branch-free count (the loop vectorises): about half the values are below the
-            // bracket, in random order.
-            let below: usize = row
-                .iter()
-                .map(|&v| usize::from(order_key(v) < lo_key))
-                .sum();
-            // Counting the bracketed values before copying them out (into an exact-size vector)
-            // measured twice as fast as filtering alone: 113–150 against 257–294 ms on 10⁴ × 10⁴.
-            let inside = row.iter().filter(|&&v| within(v)).count();
-            let mut values: Vec<f64> = Vec::with_capacity(inside);
-            values.extend(row.iter().filter(|&&v| within(v)));
-            (below, values)
-        })
-        .reduce(
-            || (0, Vec::new()),
-            |(b1, mut v1), (b2, v2)| {
-                v1.extend(v2);
-                (b1 + b2, v1)
-            },
-        );
-    let rank = rank.checked_sub(below)?;
-    if rank >= inside.len() {
-        return None;
+        .map(|i| bracket.split(upper_row(a, i)))
+        .reduce(|| (0, Vec::new()), Bracket::merge);
+    Bracket::select(below, inside, rank)
+}
+
+/// Bounds on the values around a rank, in [`f64::total_cmp`]'s order.
+#[derive(Debug, Clone, Copy)]
+struct Bracket {
+    lo: f64,
+    hi: f64,
+}
+
+impl Bracket {
+    /// The quantile of `sample` (drawn from `pairs` values) at the rank, widened by ±8 standard
+    /// deviations of a sample proportion (√(len/4) values): it bounds the value at that rank
+    /// unless the sample is very unusual. `sample` must not be empty.
+    fn around(mut sample: Vec<f64>, rank: usize, pairs: usize) -> Self {
+        let len = sample.len();
+        let centre = (rank as f64 / pairs as f64 * len as f64) as usize;
+        let margin = 4 * (len as f64).sqrt() as usize + 1;
+        let lo_rank = centre.saturating_sub(margin).min(len - 1);
+        let hi_rank = (centre + margin).min(len - 1);
+        let (_, &mut lo, above) = sample.select_nth_unstable_by(lo_rank, |x, y| x.total_cmp(y));
+        let hi = if hi_rank > lo_rank {
+            let (_, &mut hi, _) =
+                above.select_nth_unstable_by(hi_rank - lo_rank - 1, |x, y| x.total_cmp(y));
+            hi
+        } else {
+            lo
+        };
+        Self { lo, hi }
     }
-    let (_, median, _) = inside.select_nth_unstable_by(rank, |x, y| x.total_cmp(y));
-    Some(*median)
+
+    /// How many of `values` lie below the bracket, and a copy of those inside it.
+    fn split(self, values: &[f64]) -> (usize, Vec<f64>) {
+        // (Plain comparisons: a `RangeInclusive::contains` here measured 2× slower.)
+        let (lo_key, hi_key) = (order_key(self.lo), order_key(self.hi));
+        split_by(values, |v| {
+            let key = order_key(v);
+            (key < lo_key, key >= lo_key && key <= hi_key)
+        })
+    }
+
+    /// [`Bracket::split`] of values that are never NaN, with plain float comparisons (SIMD in
+    /// the baseline x86-64 build, unlike the 64-bit keys). They order as `total_cmp` does when
+    /// the bracket starts above zero: −0.0, +0.0 and every negative value are below it both ways.
+    fn split_not_nan(self, values: &[f64]) -> (usize, Vec<f64>) {
+        let Self { lo, hi } = self;
+        if !(lo > 0.0 && hi.is_finite()) {
+            return self.split(values);
+        }
+        split_by(values, |v| (v < lo, v >= lo && v <= hi))
+    }
+
+    /// Two [`Bracket::split`]s in one.
+    fn merge((b1, mut v1): (usize, Vec<f64>), (b2, v2): (usize, Vec<f64>)) -> (usize, Vec<f64>) {
+        v1.extend(v2);
+        (b1 + b2, v1)
+    }
+
+    /// The `rank`-th smallest of all values from the counts and copies of a split, or `None`
+    /// when it lies outside the bracket.
+    fn select(below: usize, mut inside: Vec<f64>, rank: usize) -> Option<f64> {
+        let rank = rank.checked_sub(below)?;
+        if rank >= inside.len() {
+            return None;
+        }
+        let (_, median, _) = inside.select_nth_unstable_by(rank, |x, y| x.total_cmp(y));
+        Some(*median)
+    }
+}
+
+/// How many of `values` are below (`place(v).0`), and a copy of those inside (`place(v).1`).
+#[inline(always)]
+fn split_by(values: &[f64], place: impl Fn(f64) -> (bool, bool)) -> (usize, Vec<f64>) {
+    // Branch-free counts (the loop vectorises; about half the values are below, in random
+    // order), then a branch-free copy into an exact-size vector: each value is written at the
+    // end and the end moves on when it is inside (3× faster than a filtered `extend`).
+    let (mut below, mut inside) = (0usize, 0usize);
+    for &v in values {
+        let (b, i) = place(v);
+        below += usize::from(b);
+        inside += usize::from(i);
+    }
+    let mut copied = vec![0.0; inside + 1];
+    let mut len = 0;
+    for &v in values {
+        copied[len] = v;
+        len += usize::from(place(v).1);
+    }
+    copied.truncate(len);
+    (below, copied)
 }
 
 /// Values in the sample of [`bracketed_median`] (about; whole rows are taken).
@@ -869,6 +1011,30 @@ mod tests {
         let a = UpperTriangle::from_full(&a, n);
         let got = bracketed_median(&a, rank).expect("the bracket missed the median");
         assert_eq!(got.to_bits(), want.to_bits());
+    }
+
+    #[test]
+    fn the_median_found_with_the_distances_is_the_median() {
+        // Two groups apart, rows at different scales (so rows' distances differ as a whole):
+        // the sampled bracket must hold, and give what the selection over the triangle gives.
+        let (n, d) = (1300, 6);
+        let u = uniform(9, n * d + n);
+        let z: Vec<f64> = (0..n * d)
+            .map(|k| {
+                let (i, scale) = (k / d, 0.2 + 3.0 * u[n * d + k / d]);
+                scale * (u[k] - 0.5) + if i < 500 { 0.0 } else { 1.5 }
+            })
+            .collect();
+        assert!(n * (n - 1) / 2 >= 4 * PAIR_SAMPLE);
+        let (dist, median) = distances_impl(&[&z], d, 2, true);
+        let want = lower_median_upper(&dist);
+        assert_eq!(median.map(f64::to_bits), Some(want.to_bits()));
+        let (again, median) = sq_distances_with_median(&[&z[..700 * d], &z[700 * d..]], d, 1);
+        assert_eq!((again, median.to_bits()), (dist, want.to_bits()));
+        // Below the sample size the median comes from the triangle.
+        let (small, median) = sq_distances_with_median(&[&z[..50 * d]], d, 1);
+        assert_eq!(median.to_bits(), lower_median_upper(&small).to_bits());
+        assert!(sq_distances_with_median(&[&z[..d]], d, 1).1.is_nan());
     }
 
     #[test]
