@@ -383,7 +383,7 @@ fn pooled_kernel(
     let (dist, median) = pooled_sq_distances(x, y, matches!(bandwidth, Bandwidth::Median));
     let sigma = sigma_from(bandwidth, || median, what)?;
     let scale = -1.0 / (2.0 * sigma * sigma);
-    let (sums, k) = replens_kernels::rbf_upper(&dist, scale, x.rows(), keep_matrix);
+    let (sums, k) = replens_kernels::rbf_upper(dist, scale, x.rows(), keep_matrix);
     let kernel = PooledKernel {
         sums,
         n,

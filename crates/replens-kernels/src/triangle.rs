@@ -3,7 +3,8 @@
 use crate::buffer::advised_vec;
 use crate::gram::Real;
 use rayon::prelude::*;
-use std::mem::MaybeUninit;
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of, MaybeUninit};
 
 /// Rows per block of an [`UpperTriangle`]: tall enough for `gemm` to fill a block at full speed
 /// (measured on 10k × 768 f64 rows: 64-row products took 1.8× as long as 128–256-row ones).
@@ -23,12 +24,15 @@ pub const TRIANGLE_BLOCK: usize = 128;
 /// assert_eq!(t.row(1), &[11.0, 12.0]);
 /// assert_eq!(t.get(0, 2), 2.0);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct UpperTriangle<T> {
     n: usize,
-    data: Vec<T>,
-    /// Offset of each block in `data`, and `data.len()` last.
+    /// The storage in 8-byte words, viewed as `T` values: an f64 triangle's memory can then hold
+    /// an f32 one ([`UpperTriangle::into_f32`]) and still be freed as what it was allocated as.
+    words: Vec<f64>,
+    /// Offset of each block in `T` values.
     starts: Vec<usize>,
+    values: PhantomData<T>,
 }
 
 /// One block of an [`UpperTriangle`]: rows `r0 .. r0 + rows`, columns `r0 .. n`, row stride
@@ -43,17 +47,48 @@ pub struct Block<S> {
     pub data: S,
 }
 
+/// Rows of the block at `r0` of an `n`-row triangle.
+fn block_rows(n: usize, r0: usize) -> usize {
+    TRIANGLE_BLOCK.min(n - r0)
+}
+
 impl<T: Real> UpperTriangle<T> {
-    /// The block offsets for `n` rows.
-    fn layout(n: usize) -> Vec<usize> {
-        let mut starts = Vec::with_capacity(n.div_ceil(TRIANGLE_BLOCK) + 1);
+    /// The offsets (in `T` values) of the blocks of `n` rows stored one after the other, and
+    /// the values they take in all.
+    fn layout(n: usize) -> (Vec<usize>, usize) {
+        assert!(
+            8 % size_of::<T>() == 0 && align_of::<T>() <= 8,
+            "UpperTriangle: values must tile 8-byte words"
+        );
+        let mut starts = Vec::with_capacity(n.div_ceil(TRIANGLE_BLOCK));
         let mut offset = 0;
         for r0 in (0..n).step_by(TRIANGLE_BLOCK) {
             starts.push(offset);
-            offset += TRIANGLE_BLOCK.min(n - r0) * (n - r0);
+            offset += block_rows(n, r0) * (n - r0);
         }
-        starts.push(offset);
-        starts
+        (starts, offset)
+    }
+
+    /// All values the storage holds (the blocks and any gaps between them).
+    fn values(&self) -> &[T] {
+        let len = self.words.len() * 8 / size_of::<T>();
+        // SAFETY: `words` is initialised and `T` tiles its 8-byte words (checked in `layout`);
+        // T (f32 or f64) has no invalid bit patterns.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<T>(), len) }
+    }
+
+    fn values_mut(&mut self) -> &mut [T] {
+        let len = self.words.len() * 8 / size_of::<T>();
+        // SAFETY: as in `values`, with the unique borrow of `words`.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<T>(), len) }
+    }
+
+    /// Block `b`'s first row and rows, and the range of its values.
+    fn block_range(&self, b: usize) -> (usize, usize, std::ops::Range<usize>) {
+        let r0 = b * TRIANGLE_BLOCK;
+        let rows = block_rows(self.n, r0);
+        let start = self.starts[b];
+        (r0, rows, start..start + rows * (self.n - r0))
     }
 
     /// A triangle whose blocks `fill` writes, block by block (in parallel when `parallel`), and
@@ -66,19 +101,29 @@ impl<T: Real> UpperTriangle<T> {
         parallel: bool,
         fill: impl Fn(Block<&mut [MaybeUninit<T>]>) -> R + Sync,
     ) -> (Self, Vec<R>) {
-        let starts = Self::layout(n);
-        let len = *starts.last().unwrap_or(&0);
-        let mut data: Vec<T> = advised_vec(len);
+        let (starts, len) = Self::layout(n);
+        let word_count = (len * size_of::<T>()).div_ceil(8);
+        let mut words: Vec<f64> = advised_vec(word_count);
         let results = {
-            let mut rest = &mut data.spare_capacity_mut()[..len];
-            let mut blocks = Vec::with_capacity(starts.len().saturating_sub(1));
-            for (b, w) in starts.windows(2).enumerate() {
-                let (block, tail) = rest.split_at_mut(w[1] - w[0]);
+            let spare = words.spare_capacity_mut();
+            // A last word half filled by f32 values is initialised in full first.
+            if let Some(last) = spare[..word_count].last_mut() {
+                last.write(0.0);
+            }
+            // SAFETY: the spare capacity holds `word_count` words, which `T` tiles (`layout`);
+            // MaybeUninit<T> has T's layout.
+            let mut rest = unsafe {
+                std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<MaybeUninit<T>>(), len)
+            };
+            let mut blocks = Vec::with_capacity(starts.len());
+            for (b, r0) in (0..n).step_by(TRIANGLE_BLOCK).enumerate() {
+                let rows = block_rows(n, r0);
+                let (block, tail) = rest.split_at_mut(rows * (n - r0));
+                debug_assert_eq!(starts[b] + block.len() + tail.len(), len);
                 rest = tail;
-                let r0 = b * TRIANGLE_BLOCK;
                 blocks.push(Block {
                     r0,
-                    rows: TRIANGLE_BLOCK.min(n - r0),
+                    rows,
                     data: block,
                 });
             }
@@ -88,10 +133,16 @@ impl<T: Real> UpperTriangle<T> {
                 blocks.into_iter().map(&fill).collect()
             }
         };
-        // SAFETY: `fill` initialised every block (the caller's promise), and the blocks tile
-        // `data[..len]`.
-        unsafe { data.set_len(len) };
-        (Self { n, data, starts }, results)
+        // SAFETY: `fill` initialised every block (the caller's promise), the blocks tile the
+        // first `len` values, and the last word was initialised above.
+        unsafe { words.set_len(word_count) };
+        let triangle = Self {
+            n,
+            words,
+            starts,
+            values: PhantomData,
+        };
+        (triangle, results)
     }
 
     /// The triangle with entries `f(i, j)` for j ≥ i (zeros left of the diagonal), computed on
@@ -134,11 +185,9 @@ impl<T: Real> UpperTriangle<T> {
     /// When `i ≥ n`.
     pub fn row(&self, i: usize) -> &[T] {
         assert!(i < self.n, "UpperTriangle::row: row {i} of {}", self.n);
-        let b = i / TRIANGLE_BLOCK;
-        let r0 = b * TRIANGLE_BLOCK;
-        let stride = self.n - r0;
-        let start = self.starts[b] + (i - r0) * stride + (i - r0);
-        &self.data[start..self.starts[b] + (i - r0 + 1) * stride]
+        let (r0, _, range) = self.block_range(i / TRIANGLE_BLOCK);
+        let (r, stride) = (i - r0, self.n - r0);
+        &self.values()[range.start + r * stride + r..range.start + (r + 1) * stride]
     }
 
     /// Entry (i, j) for i ≤ j.
@@ -155,37 +204,104 @@ impl<T: Real> UpperTriangle<T> {
 
     /// The blocks, top to bottom.
     pub fn blocks(&self) -> impl Iterator<Item = Block<&[T]>> + '_ {
-        self.starts.windows(2).enumerate().map(|(b, w)| {
-            let r0 = b * TRIANGLE_BLOCK;
+        (0..self.starts.len()).map(|b| {
+            let (r0, rows, range) = self.block_range(b);
             Block {
                 r0,
-                rows: TRIANGLE_BLOCK.min(self.n - r0),
-                data: &self.data[w[0]..w[1]],
+                rows,
+                data: &self.values()[range],
             }
         })
     }
 
     /// The blocks, top to bottom, for writing in place.
     pub fn blocks_mut(&mut self) -> Vec<Block<&mut [T]>> {
-        let n = self.n;
-        let mut rest = self.data.as_mut_slice();
-        let mut blocks = Vec::with_capacity(self.starts.len().saturating_sub(1));
-        for (b, w) in self.starts.windows(2).enumerate() {
-            let (block, tail) = rest.split_at_mut(w[1] - w[0]);
+        let ranges: Vec<_> = (0..self.starts.len())
+            .map(|b| self.block_range(b))
+            .collect();
+        let mut rest = self.values_mut();
+        let mut consumed = 0;
+        let mut blocks = Vec::with_capacity(ranges.len());
+        for (r0, rows, range) in ranges {
+            let (_, tail) = rest.split_at_mut(range.start - consumed);
+            let (block, tail) = tail.split_at_mut(range.len());
             rest = tail;
-            let r0 = b * TRIANGLE_BLOCK;
+            consumed = range.end;
             blocks.push(Block {
                 r0,
-                rows: TRIANGLE_BLOCK.min(n - r0),
+                rows,
                 data: block,
             });
         }
         blocks
     }
 
-    /// Entries stored (about n²/2 + n·B/2).
+    /// Values the triangle's memory holds (about n²/2 + n·B/2, twice that for an f32 triangle
+    /// made by [`UpperTriangle::into_f32`]).
     pub fn stored_len(&self) -> usize {
-        self.data.len()
+        self.values().len()
+    }
+}
+
+impl<T: Real + PartialEq> PartialEq for UpperTriangle<T> {
+    /// Equal sizes and entries on and right of the diagonal.
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n && (0..self.n).all(|i| self.row(i) == other.row(i))
+    }
+}
+
+impl UpperTriangle<f64> {
+    /// An f32 triangle of the same shape in this triangle's memory (no new pages: the blocks
+    /// keep their places, each in the first half of its old bytes). For each row i, in order
+    /// within a block and blocks on rayon's threads, `row(acc, i, values, out)` gets the row's
+    /// values from the diagonal on and writes its f32 entries into `out` (as long); `acc` is the
+    /// block's accumulator, from `start(r0)`, returned in block order. Entries left of the
+    /// diagonal become zeros.
+    pub fn into_f32<A: Send>(
+        mut self,
+        start: impl Fn(usize) -> A + Sync,
+        row: impl Fn(&mut A, usize, &[f64], &mut [f32]) + Sync,
+    ) -> (UpperTriangle<f32>, Vec<A>) {
+        let n = self.n;
+        let starts = self.starts.clone();
+        let blocks = self.blocks_mut();
+        let accs = blocks
+            .into_par_iter()
+            .map(|block| {
+                let (r0, stride) = (block.r0, n - block.r0);
+                let mut acc = start(r0);
+                let mut out = vec![0.0f32; stride];
+                let base = block.data.as_mut_ptr();
+                for r in 0..block.rows {
+                    let len = stride - r;
+                    {
+                        // SAFETY: row r's f64 values from the diagonal lie inside the block;
+                        // f32 rows written so far end at f32 index r·stride, i.e. before f64
+                        // index r·stride/2 ≤ r·stride + r (the row's start), so they are intact.
+                        let values =
+                            unsafe { std::slice::from_raw_parts(base.add(r * stride + r), len) };
+                        row(&mut acc, r0 + r, values, &mut out[..len]);
+                    }
+                    // SAFETY: f32 row r spans f32 indices [r·stride, (r + 1)·stride) of the
+                    // block, inside it (the block holds rows·stride f64 values, twice as many
+                    // bytes); it overlaps only f64 rows ≤ r, whose values were read (row r's just
+                    // above, into `out`). No other reference into the block is alive.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(base.cast::<f32>().add(r * stride), stride)
+                    };
+                    dst[..r].fill(0.0);
+                    dst[r..].copy_from_slice(&out[..len]);
+                }
+                acc
+            })
+            .collect();
+        let triangle = UpperTriangle {
+            n,
+            words: std::mem::take(&mut self.words),
+            starts: starts.iter().map(|s| 2 * s).collect(),
+            values: PhantomData,
+        };
+        (triangle, accs)
     }
 }
 
@@ -222,6 +338,46 @@ mod tests {
                 .collect();
             assert_eq!(UpperTriangle::from_full(&full, n), t);
             assert!(t.stored_len() <= n * (n + 1) / 2 + n * TRIANGLE_BLOCK / 2);
+        }
+    }
+
+    #[test]
+    fn f32_triangles_take_over_the_memory() {
+        for n in [1, 2, 127, 128, 300] {
+            let t = UpperTriangle::from_fn(n, |i, j| (i * 1000 + j) as f64 + 0.25);
+            let words = t.words.as_ptr();
+            let (k, sums) = t.into_f32(
+                |r0| (r0, 0.0),
+                |acc, i, values, out| {
+                    assert_eq!(values.len(), n - i);
+                    assert_eq!(
+                        values[0],
+                        (i * 1001) as f64 + 0.25,
+                        "row {i} read after a write"
+                    );
+                    acc.1 += values.iter().sum::<f64>();
+                    for (o, v) in out.iter_mut().zip(values) {
+                        *o = (*v - 0.25) as f32;
+                    }
+                },
+            );
+            assert_eq!(k.words.as_ptr(), words);
+            assert_eq!(k, UpperTriangle::from_fn(n, |i, j| (i * 1000 + j) as f32));
+            for block in k.blocks() {
+                let stride = n - block.r0;
+                for r in 0..block.rows {
+                    assert!(block.data[r * stride..r * stride + r]
+                        .iter()
+                        .all(|&v| v == 0.0));
+                }
+            }
+            let r0s: Vec<usize> = sums.iter().map(|s| s.0).collect();
+            assert_eq!(r0s, (0..n).step_by(TRIANGLE_BLOCK).collect::<Vec<_>>());
+            let total: f64 = sums.iter().map(|s| s.1).sum();
+            let want: f64 = (0..n)
+                .flat_map(|i| (i..n).map(move |j| (i * 1000 + j) as f64 + 0.25))
+                .sum();
+            assert_eq!(total, want);
         }
     }
 }
