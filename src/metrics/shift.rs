@@ -71,7 +71,8 @@ use candle_core::Tensor;
 use polars::prelude::{Column, DataFrame};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use replens_kernels::{KernelSums, UpperTriangle};
 
 use crate::display::{escape_html, table_html, DisplayHtml, Html};
@@ -554,29 +555,35 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
     };
     let row_sums = &kernel.sums.rows;
     let total: f64 = row_sums.iter().sum();
-    let mut rng = StdRng::seed_from_u64(opts.seed);
-    let mut order: Vec<usize> = (0..n).collect();
+    // One seed per permutation, drawn in order from the test's seed: each permutation's draw
+    // then depends on the seed and its index only, so a batch is drawn on rayon's threads.
+    let mut seeds = StdRng::seed_from_u64(opts.seed);
+    let perm_seeds: Vec<u64> = (0..opts.n_permutations).map(|_| seeds.gen()).collect();
     // Column 0 of the first batch is the observed split, so that the observed statistic and
     // its permuted copies go through exactly the same arithmetic.
     let mut stats = Vec::with_capacity(opts.n_permutations + 1);
-    let mut remaining = opts.n_permutations + 1;
-    let mut first = true;
-    while remaining > 0 {
-        let b = remaining.min(PERM_BATCH);
+    let mut done = 0;
+    while done < opts.n_permutations + 1 {
+        let b = (opts.n_permutations + 1 - done).min(PERM_BATCH);
+        // The rows each column puts in x: a uniformly random m-subset (m swaps of a
+        // Fisher–Yates shuffle), or the observed first m rows.
+        let x_rows: Vec<Vec<usize>> = (done..done + b)
+            .into_par_iter()
+            .map(|column| match column.checked_sub(1) {
+                None => (0..m).collect(),
+                Some(p) => {
+                    let mut rng = StdRng::seed_from_u64(perm_seeds[p]);
+                    let mut order: Vec<usize> = (0..n).collect();
+                    order.partial_shuffle(&mut rng, m).0.to_vec()
+                }
+            })
+            .collect();
         let mut member = vec![0.0f32; n * b];
-        for c in 0..b {
-            if first && c == 0 {
-                for i in 0..m {
-                    member[i * b] = 1.0;
-                }
-            } else {
-                order.shuffle(&mut rng);
-                for &i in &order[..m] {
-                    member[i * b + c] = 1.0;
-                }
+        for (c, rows) in x_rows.iter().enumerate() {
+            for &i in rows {
+                member[i * b + c] = 1.0;
             }
         }
-        first = false;
         let sxx = replens_kernels::symmetric_quadratic_forms(&k, &member, b, kernel.sums.offset);
         // aᵀ(K1): the row sums of the rows in x.
         let mut x_rows = vec![0.0f64; b];
@@ -590,7 +597,7 @@ pub fn mmd_permutation_test_matrix(x: &Matrix, y: &Matrix, opts: &MmdOptions) ->
             let syy = total - sxx - 2.0 * sxy;
             stats.push(pick(mmd_from_sums(sxx, syy, sxy, m, n - m, kernel.sigma)));
         }
-        remaining -= b;
+        done += b;
     }
     let observed = stats[0];
     let null = stats.split_off(1);
