@@ -32,7 +32,6 @@
 use rayon::prelude::*;
 
 mod attention;
-mod buffer;
 mod encoder;
 mod erf;
 mod gram;

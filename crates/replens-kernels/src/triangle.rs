@@ -1,6 +1,5 @@
 //! The upper triangle of a symmetric `n × n` matrix, stored by row blocks.
 
-use crate::buffer::advised_vec;
 use crate::gram::Real;
 use rayon::prelude::*;
 use std::marker::PhantomData;
@@ -103,7 +102,7 @@ impl<T: Real> UpperTriangle<T> {
     ) -> (Self, Vec<R>) {
         let (starts, len) = Self::layout(n);
         let word_count = (len * size_of::<T>()).div_ceil(8);
-        let mut words: Vec<f64> = advised_vec(word_count);
+        let mut words: Vec<f64> = Vec::with_capacity(word_count);
         let results = {
             let spare = words.spare_capacity_mut();
             // A last word half filled by f32 values is initialised in full first.
