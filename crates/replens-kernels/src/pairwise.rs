@@ -104,7 +104,7 @@ fn distances_impl(
             .with_min_len(1024)
             .map(|(i, j)| {
                 let (a, b) = (&z[i * d..(i + 1) * d], &z[j * d..(j + 1) * d]);
-                (sq_norms[i] + sq_norms[j] - 2.0 * lane_dot(a, b)).max(0.0)
+                (sq_norms[i] + sq_norms[j] - 2.0 * crate::dot(a, b)).max(0.0)
             })
             .collect();
         Bracket::around(sample, rank, pairs)
@@ -189,25 +189,6 @@ fn sample_pairs(n: usize, count: usize) -> Vec<(usize, usize)> {
             (i, if j >= i { j + 1 } else { j })
         })
         .collect()
-}
-
-/// a·b with eight partial sums (so that the products vectorise).
-fn lane_dot(a: &[f64], b: &[f64]) -> f64 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f64; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..LANES {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
 
 /// Row `i` of `a` right of its diagonal: the pairs (i, j > i).
@@ -1051,14 +1032,7 @@ mod tests {
                 }
             }
             // Left of the diagonal: zeros, not whatever the buffer held.
-            for block in dist.blocks() {
-                let stride = n - block.r0;
-                for r in 0..block.rows {
-                    assert!(block.data[r * stride..r * stride + r]
-                        .iter()
-                        .all(|&v| v == 0.0));
-                }
-            }
+            crate::triangle::assert_zeros_left_of_the_diagonal(&dist);
         }
     }
 }

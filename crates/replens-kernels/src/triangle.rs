@@ -304,6 +304,19 @@ impl UpperTriangle<f64> {
     }
 }
 
+/// Asserts that every stored entry left of the diagonal is zero.
+#[cfg(test)]
+pub(crate) fn assert_zeros_left_of_the_diagonal<T: Real + PartialEq>(t: &UpperTriangle<T>) {
+    let zero = T::from_f64(0.0);
+    for block in t.blocks() {
+        let stride = t.n() - block.r0;
+        for r in 0..block.rows {
+            let left = &block.data[r * stride..r * stride + r];
+            assert!(left.iter().all(|&v| v == zero), "row {}", block.r0 + r);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,13 +332,11 @@ mod tests {
                 for r in 0..block.rows {
                     let i = block.r0 + r;
                     assert_eq!(&block.data[r * stride + r..(r + 1) * stride], t.row(i));
-                    assert!(block.data[r * stride..r * stride + r]
-                        .iter()
-                        .all(|&v| v == 0.0));
                 }
                 seen += block.rows;
             }
             assert_eq!(seen, n);
+            assert_zeros_left_of_the_diagonal(&t);
             for i in 0..n {
                 assert_eq!(t.row(i).len(), n - i);
                 for j in i..n {
@@ -362,14 +373,7 @@ mod tests {
             );
             assert_eq!(k.words.as_ptr(), words);
             assert_eq!(k, UpperTriangle::from_fn(n, |i, j| (i * 1000 + j) as f32));
-            for block in k.blocks() {
-                let stride = n - block.r0;
-                for r in 0..block.rows {
-                    assert!(block.data[r * stride..r * stride + r]
-                        .iter()
-                        .all(|&v| v == 0.0));
-                }
-            }
+            assert_zeros_left_of_the_diagonal(&k);
             let r0s: Vec<usize> = sums.iter().map(|s| s.0).collect();
             assert_eq!(r0s, (0..n).step_by(TRIANGLE_BLOCK).collect::<Vec<_>>());
             let total: f64 = sums.iter().map(|s| s.1).sum();
