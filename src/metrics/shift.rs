@@ -335,12 +335,10 @@ struct PooledKernel {
     sigma: f64,
 }
 
-/// Squared pairwise distances of the pooled rows in the upper triangle (diagonal included) of
-/// an `n × n` row-major matrix (entries below it are unspecified), via ‖a‖² + ‖b‖² − 2aᵀb with
-/// the f64 Gram product's upper triangle. The rows are centred first: distances do not change,
-/// but a large common offset would otherwise cancel catastrophically.
-/// The squared distances between the rows of x and y, pooled (x's first), and when `median` their
-/// lower median (NaN otherwise).
+/// The squared distances between the rows of x and y, pooled (x's first), as the upper triangle
+/// of [`replens_kernels::sq_distances`] (f64 Gram products of the centred rows: a large common
+/// offset would otherwise cancel catastrophically), and when `median` their lower median (NaN
+/// otherwise).
 fn pooled_sq_distances(x: &Matrix, y: &Matrix, median: bool) -> (UpperTriangle<f64>, f64) {
     let parts = [x.data(), y.data()];
     if median {
