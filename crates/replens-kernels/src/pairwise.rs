@@ -97,7 +97,7 @@ fn distances_impl(
         .collect();
     let z = z.as_slice();
     let pairs = n * n.saturating_sub(1) / 2;
-    let rank = pairs.saturating_sub(1) / 2;
+    let rank = lower_median_rank(pairs);
     let bracket = (median && pairs >= 4 * PAIR_SAMPLE).then(|| {
         let sample = sample_pairs(n, PAIR_SAMPLE)
             .into_par_iter()
@@ -191,6 +191,12 @@ fn sample_pairs(n: usize, count: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The rank of the lower median among `pairs` values (0 for none), shared by
+/// [`lower_median_upper`] and [`sq_distances_with_median`] so that both select the same value.
+fn lower_median_rank(pairs: usize) -> usize {
+    pairs.saturating_sub(1) / 2
+}
+
 /// Row `i` of `a` right of its diagonal: the pairs (i, j > i).
 fn upper_row(a: &UpperTriangle<f64>, i: usize) -> &[f64] {
     &a.row(i)[1..]
@@ -217,7 +223,7 @@ pub fn lower_median_upper(a: &UpperTriangle<f64>) -> f64 {
     if n < 2 {
         return f64::NAN;
     }
-    let rank = (n * (n - 1) / 2 - 1) / 2;
+    let rank = lower_median_rank(n * (n - 1) / 2);
     bracketed_median(a, rank).unwrap_or_else(|| radix_select_upper(a, rank))
 }
 
