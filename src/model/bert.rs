@@ -208,7 +208,10 @@ impl Dense {
     /// `(n, in)` → `(n, out)`. The bias goes through [`super::fast::add_bias`] where it applies
     /// (the same values as `broadcast_add`, without candle's element-wise thread pool).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let xw = x.matmul(&self.w_t)?;
+        let xw = match super::fast::dense_matmul(x, &self.w_t)? {
+            Some(xw) => xw,
+            None => x.matmul(&self.w_t)?,
+        };
         match super::fast::add_bias(&xw, &self.b)? {
             Some(y) => Ok(y),
             None => xw.broadcast_add(&self.b),
@@ -246,8 +249,8 @@ impl Dense {
 /// `x ↦ x · w_t` for a weight that never trains. candle's matmul backward always computes the
 /// gradient of both factors; for a frozen weight that is a wasted GEMM as large as the forward
 /// one. This op returns only `∂L/∂x = g · w_tᵀ` (measured: 15% less CPU time per MiniLM LoRA
-/// step, identical gradients). The forward result is candle's own matmul, so it is
-/// bit-identical to `x.matmul(w_t)`. CPU only, like the rest of the crate (no `cuda_fwd`).
+/// step, identical gradients). The forward result is [`Dense::forward`]'s product, bit for bit
+/// `x.matmul(w_t)`. CPU only, like the rest of the crate (no `cuda_fwd`).
 struct FrozenMatmul {
     w_t: Tensor,
 }
@@ -272,7 +275,10 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
             _ => candle_core::bail!("frozen-matmul: only f32 and f64 are supported"),
         };
-        let y = x.matmul(&self.w_t)?;
+        let y = match super::fast::dense_matmul(&x, &self.w_t)? {
+            Some(y) => y,
+            None => x.matmul(&self.w_t)?,
+        };
         let shape = y.shape().clone();
         let flat = y.flatten_all()?;
         let out = match y.dtype() {

@@ -131,7 +131,8 @@ pub(crate) fn rms_norm(
 /// `y = x · W` for a `(rows, Σ kᵢ)` matrix `x` and `W` given as row blocks `(kᵢ, out)`, as one
 /// `gemm` call per block adding into a single output (`y += x[:, block] · W_block`): the blocked
 /// sums of [`super::llama`]'s linear layers, in the same order and so bit for bit the same as
-/// separate products added with candle, without their copies, temporaries and additions.
+/// separate products added with candle, without their copies, temporaries and additions. The
+/// output's columns are shared among the threads ([`replens_kernels::blocked_product`]).
 pub(crate) fn blocked_matmul(
     x: &Tensor,
     blocks: &[Tensor],
@@ -151,40 +152,39 @@ pub(crate) fn blocked_matmul(
     }
     let mut inputs = vec![x];
     inputs.extend(blocks);
-    let parallelism = replens_kernels::gemm_parallelism(candle_core::utils::get_num_threads());
+    let widths: Vec<usize> = widths.iter().map(|&(k, _)| k).collect();
+    let threads = candle_core::utils::get_num_threads();
     with_f32(&inputs, &[rows, out_dim], |s, y| {
-        let (xs, weights) = (s[0], &s[1..]);
-        let mut start = 0;
-        for (index, (w, &(len, _))) in weights.iter().zip(&widths).enumerate() {
-            // SAFETY: `xs` holds (rows, in_dim) and `w` (len, out_dim) row-major, `y` (rows,
-            // out_dim), all sized by `with_f32` from the shapes checked above; columns
-            // `start..start + len` of `xs` lie within each row because the widths sum to in_dim.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    out_dim,
-                    len,
-                    y.as_mut_ptr(),
-                    1,
-                    out_dim as isize,
-                    index > 0,
-                    xs.as_ptr().add(start),
-                    1,
-                    in_dim as isize,
-                    w.as_ptr(),
-                    1,
-                    out_dim as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
-            start += len;
-        }
+        replens_kernels::blocked_product(y, s[0], rows, &s[1..], &widths, out_dim, threads)
     })
+}
+
+/// `x · w_t` for `x` of shape `(…, in)` and the contiguous `(in, out)` weight `w_t` of a linear
+/// layer, in f64 or f32 ([`replens_kernels::blocked_product`] with one block: the output's
+/// columns shared among the threads). Each value is summed as by candle's own matmul, so the
+/// result is bit for bit `x.matmul(w_t)` (tested). `None` when the shapes do not fit (the
+/// caller's candle op then reports them) or a tensor is not eligible.
+pub(crate) fn dense_matmul(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    let Ok((in_dim, out_dim)) = w_t.dims2() else {
+        return Ok(None);
+    };
+    if x.dims().last() != Some(&in_dim) || x.rank() < 2 || w_t.dtype() != x.dtype() {
+        return Ok(None);
+    }
+    let rows = x.elem_count() / in_dim.max(1);
+    let mut shape = x.dims().to_vec();
+    *shape.last_mut().expect("rank ≥ 2") = out_dim;
+    let threads = candle_core::utils::get_num_threads();
+    with_f64_or_f32(
+        &[x, w_t],
+        &shape,
+        |s, y| {
+            replens_kernels::blocked_product(y, s[0], rows, &[s[1]], &[in_dim], out_dim, threads)
+        },
+        |s, y| {
+            replens_kernels::blocked_product(y, s[0], rows, &[s[1]], &[in_dim], out_dim, threads)
+        },
+    )
 }
 
 /// Llama-family self-attention from the projections: `softmax(rope(q) rope(k)ᵀ · scale + mask) v`
@@ -632,6 +632,36 @@ mod tests {
             }
             assert_eq!(values(&y), values(&expected.unwrap()));
         }
+    }
+
+    #[test]
+    fn dense_matmul_equals_candles_matmul_bit_for_bit() {
+        // MiniLM's shapes (1536 inputs are summed in several depth blocks by gemm), below and
+        // above the row count from which the columns are shared among threads, in f32 and f64.
+        for (rows, in_dim, out_dim) in [(7, 384, 1536), (300, 1536, 384), (128, 384, 384)] {
+            let x = random(&[rows, in_dim], 21);
+            let w_t = random(&[in_dim, out_dim], 22);
+            for dtype in [DType::F32, DType::F64] {
+                let (x, w_t) = (x.to_dtype(dtype).unwrap(), w_t.to_dtype(dtype).unwrap());
+                let y = dense_matmul(&x, &w_t).unwrap().unwrap();
+                let expected = x.matmul(&w_t).unwrap();
+                let bits = |t: &Tensor| -> Vec<u64> {
+                    let t = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
+                    t.to_vec1::<f64>()
+                        .unwrap()
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&y),
+                    bits(&expected),
+                    "{rows} x {in_dim} x {out_dim} {dtype:?}"
+                );
+            }
+        }
+        let x = random(&[4, 10], 23);
+        assert!(dense_matmul(&x, &random(&[9, 3], 24)).unwrap().is_none());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   rotary grouped-query attention ([`rotary_attention_f32`]), and f64 and f32 kernels of an
 //!   encoder layer ([`add_layer_norm`], [`add_bias`], [`bias_gelu`], [`scaled_masked_softmax`],
 //!   [`encoder_attention`] and their `_f32` twins) behind `replens`'s CPU inference passes;
+//! * the products of a linear layer with the output's columns shared among threads
+//!   ([`blocked_product`]), behind the decoder's and encoder's linear layers;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
 //!   [`linear_head_logits`]) behind the AdUE head.
 //!
@@ -37,6 +39,7 @@ mod erf;
 mod gram;
 mod linear_head;
 mod pairwise;
+mod products;
 mod rowwise;
 mod triangle;
 pub use attention::{
@@ -55,6 +58,7 @@ pub use pairwise::{
     lower_median_upper, rbf_upper, sq_distances, sq_distances_with_median,
     symmetric_quadratic_forms, KernelSums, PAIR_SAMPLE,
 };
+pub use products::{blocked_product, COLUMN_SPLIT_MIN_ROWS};
 pub use rowwise::{add, rms_norm, silu_mul};
 pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};
 
