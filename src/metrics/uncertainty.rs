@@ -159,18 +159,23 @@ fn check_both_classes(what: &str, labels: &[bool]) -> Result<(usize, usize)> {
 pub fn roc_auc(scores: &[f64], positives: &[bool]) -> Result<f64> {
     check_scored("roc_auc", scores, positives)?;
     let (pos, neg) = check_both_classes("roc_auc", positives)?;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Sorted (score, label) pairs: the order within a tie group does not change its counts.
+    let mut pairs: Vec<(f64, bool)> = scores
+        .iter()
+        .copied()
+        .zip(positives.iter().copied())
+        .collect();
+    pairs.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     // Twice the U statistic, in integers: each tie group adds p_g · (2·neg_below + n_g).
     let mut twice_u: u128 = 0;
     let mut neg_below: u128 = 0;
     let mut k = 0;
-    while k < order.len() {
-        let s = scores[order[k]];
+    while k < pairs.len() {
+        let s = pairs[k].0;
         let (mut p_g, mut n_g) = (0u128, 0u128);
         // `==` rather than total_cmp so that -0.0 and 0.0 form one tie group.
-        while k < order.len() && scores[order[k]] == s {
-            if positives[order[k]] {
+        while k < pairs.len() && pairs[k].0 == s {
+            if pairs[k].1 {
                 p_g += 1;
             } else {
                 n_g += 1;

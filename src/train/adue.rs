@@ -71,7 +71,7 @@ fn f32_copy(t: &Tensor, what: &str) -> Result<Tensor> {
 
 /// Errors, naming `what` and the first offending element, unless every value is finite.
 fn check_finite(v: &[f32], what: &str) -> Result<()> {
-    match v.iter().position(|x| !x.is_finite()) {
+    match replens_kernels::first_non_finite(v) {
         Some(i) => Err(invalid(format!(
             "{what}: element {i} (flattened) is {} (must be finite)",
             v[i]
@@ -223,20 +223,27 @@ fn prepare(classifier: &LinearHead, split: Split<'_>, name: &str) -> Result<Prep
             c - 1
         )));
     }
-    let probs = candle_nn::ops::softmax(&linear(&z, &classifier.weight, &classifier.bias)?, 1)?;
-    let p = probs.to_vec2::<f32>()?;
+    // The classifier's softmax in f32 (torch's precision in the official code), from the logits
+    // of the training passes' kernel: p_max = e⁰ / Σ_c e^(a_c − a_max) = 1 / Σ.
+    let w = classifier.weight.flatten_all()?.to_vec1::<f32>()?;
+    let b = classifier.bias.to_vec1::<f32>()?;
+    let mut logits = vec![0.0f32; n * c];
+    with_rows(&z, |rows| {
+        replens_kernels::linear_head_logits(rows, classifier.dim(), &w, &b, &mut logits)
+    })?;
     let scale = 1.0 - 1.0 / c as f32;
     let mut errors = Vec::with_capacity(n);
     let mut u_sr = Vec::with_capacity(n);
-    for (row, &y) in p.iter().zip(split.labels) {
+    for (row, &y) in logits.chunks_exact(c).zip(split.labels) {
         let mut best = 0;
         for (j, &v) in row.iter().enumerate() {
             if v > row[best] {
                 best = j;
             }
         }
+        let sum: f32 = row.iter().map(|&v| (v - row[best]).exp()).sum();
         errors.push(best != y);
-        u_sr.push((1.0 - row[best]) / scale);
+        u_sr.push((1.0 - 1.0 / sum) / scale);
     }
     let n_err = errors.iter().filter(|&&e| e).count();
     if n_err == 0 || n_err == n {
@@ -663,35 +670,6 @@ impl AdueHead {
     }
 }
 
-/// Bounds of U (as in the official code).
-const U_MIN: f64 = 1e-8;
-const U_MAX: f64 = 1.0 - 1e-8;
-
-/// U of one row of logits `a` (C values), in f64. Fills `p` = softmax(a) and
-/// `q` = softmax(λp), which is ∂SmoothMax_λ/∂p; returns U and whether the clamp was inactive
-/// (its gradient is 1 there and 0 outside). The maxima are subtracted before exponentiating.
-fn uncertainty_row(a: &[f32], lambda: f64, p: &mut [f64], q: &mut [f64]) -> (f64, bool) {
-    let max_a = a
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-    let mut sum = 0.0;
-    for (pc, &ac) in p.iter_mut().zip(a) {
-        *pc = (f64::from(ac) - max_a).exp();
-        sum += *pc;
-    }
-    p.iter_mut().for_each(|pc| *pc /= sum);
-    let max_lp = lambda * p.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum_q = 0.0;
-    for (qc, &pc) in q.iter_mut().zip(p.iter()) {
-        *qc = (lambda * pc - max_lp).exp();
-        sum_q += *qc;
-    }
-    q.iter_mut().for_each(|qc| *qc /= sum_q);
-    let smooth_max = (max_lp + sum_q.ln()) / lambda;
-    let u = (1.0 - smooth_max) / (1.0 - 1.0 / a.len() as f64);
-    (u.clamp(U_MIN, U_MAX), (U_MIN..=U_MAX).contains(&u))
-}
-
 /// Runs `f` on the values of `z`, a contiguous f32 CPU tensor (as [`LinearHead::features`]
 /// makes them), without copying them.
 fn with_rows<R>(z: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
@@ -715,13 +693,12 @@ fn with_rows<R>(z: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 fn uncertainties(z: &[f32], w: &[f32], b: &[f32], lambda: f64) -> Vec<f64> {
     let c = b.len();
     let d = w.len() / c;
-    let mut logits = vec![0.0f32; z.len() / d * c];
+    let rows = z.len() / d;
+    let mut logits = vec![0.0f32; rows * c];
     replens_kernels::linear_head_logits(z, d, w, b, &mut logits);
-    let (mut p, mut q) = (vec![0.0; c], vec![0.0; c]);
-    logits
-        .chunks_exact(c)
-        .map(|a| uncertainty_row(a, lambda, &mut p, &mut q).0)
-        .collect()
+    let mut u = vec![0.0; rows];
+    replens_kernels::smooth_max_uncertainties(&logits, c, lambda, &mut u);
+    u
 }
 
 /// The loss of one batch and its gradient with respect to (W, b), flattened as W then b.
@@ -746,7 +723,8 @@ struct Step {
 ///
 /// The logits, g_a and g_aᵀ z come from one pass over the rows of `z` (`B × d`, row-major;
 /// [`replens_kernels::linear_head_pass`]): with C = 2 a step is bound by reading `z`, which
-/// two matrix products read twice. The BCE's logarithms are clamped at −100 like
+/// two matrix products read twice. The per-row terms are [`replens_kernels::adue_row_gradients`]
+/// (built optimised, like the passes over `z`). The BCE's logarithms are clamped at −100 like
 /// `torch.nn.BCELoss` (U ∈ [1e-8, 1 − 1e-8] keeps them far above it in f64).
 #[allow(clippy::too_many_arguments)]
 fn loss_and_grad(
@@ -764,30 +742,15 @@ fn loss_and_grad(
     let d = (params.len() - c) / c;
     let (w, b) = params.split_at(c * d);
     let inv_b = 1.0 / rows as f64;
-    let norm = 1.0 / (1.0 - 1.0 / c as f64);
+    let loss = replens_kernels::AdueLoss {
+        lambda,
+        alpha,
+        batch_rows: rows,
+    };
     let (mut gw, mut gb) = (vec![0.0f64; c * d], vec![0.0f64; c]);
     let blocks = replens_kernels::linear_head_pass(z, d, w, b, &mut gw, &mut gb, |first, a, ga| {
-        let (mut p, mut q, mut g) = (vec![0.0; c], vec![0.0; c], vec![0.0; c]);
-        let (mut bce, mut reg) = (0.0, 0.0);
-        for (i, (a, ga)) in a.chunks_exact(c).zip(ga.chunks_exact_mut(c)).enumerate() {
-            let (u, inside) = uncertainty_row(a, lambda, &mut p, &mut q);
-            let (ei, si) = (e[first + i], u_sr[first + i]);
-            bce -= ei * u.ln().max(-100.0) + (1.0 - ei) * (1.0 - u).ln().max(-100.0);
-            reg += (u - si) * (u - si);
-            if !inside {
-                continue;
-            }
-            let g_u = inv_b * ((1.0 - ei) / (1.0 - u) - ei / u) + 2.0 * alpha * inv_b * (u - si);
-            let mut dot = 0.0;
-            for k in 0..c {
-                g[k] = -g_u * q[k] * norm;
-                dot += p[k] * g[k];
-            }
-            for k in 0..c {
-                ga[k] = (p[k] * (g[k] - dot)) as f32;
-            }
-        }
-        (bce, reg)
+        let block = first..first + ga.len() / c;
+        replens_kernels::adue_row_gradients(a, c, &e[block.clone()], &u_sr[block], loss, ga)
     });
     let (bce, reg) = blocks
         .iter()
@@ -861,7 +824,10 @@ fn fit_prepared(
     let d = classifier.dim();
     let (mut e, mut u_sr, mut batch_z) = (Vec::new(), Vec::new(), Vec::new());
     for epoch in 1..=cfg.epochs {
-        order.shuffle(&mut rng);
+        if cfg.batch_size < train.n {
+            // one batch of every row is a sum over all rows, whatever their order
+            order.shuffle(&mut rng);
+        }
         let (mut loss_sum, mut bce_sum, mut reg_sum, mut l2sp_sum) = (0.0, 0.0, 0.0, 0.0);
         let mut lr = cfg.lr;
         for chunk in order.chunks(cfg.batch_size) {

@@ -343,8 +343,19 @@ pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
 }
 
 /// Blocks of 1024 values are checked with a branch-free (vectorised) fold, and only a block
-/// that fails is searched.
+/// that fails is searched. Inputs of [`PARALLEL_MIN`] values or more are cut into chunks
+/// checked on rayon's threads, and the first failing chunk is searched (the same answer).
 fn first_non_finite_body<T: Real>(x: &[T]) -> Option<usize> {
+    if x.len() < PARALLEL_MIN {
+        return first_non_finite_serial(x);
+    }
+    x.par_chunks(PARALLEL_MIN)
+        .enumerate()
+        .filter_map(|(c, chunk)| first_non_finite_serial(chunk).map(|p| c * PARALLEL_MIN + p))
+        .min()
+}
+
+fn first_non_finite_serial<T: Real>(x: &[T]) -> Option<usize> {
     for (b, block) in x.chunks(1024).enumerate() {
         if !block
             .iter()
@@ -431,6 +442,20 @@ fn centred_unit_rows_body<T: Real, U: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first non-finite value of a large input, checked in parallel chunks, is the first
+    /// in order even when a later chunk also has one (and its own chunk is not the first).
+    #[test]
+    fn the_first_non_finite_value_is_found_across_chunks() {
+        let mut x = vec![1.0f32; 5 * PARALLEL_MIN + 17];
+        assert_eq!(first_non_finite(&x), None);
+        x[4 * PARALLEL_MIN + 3] = f32::NAN;
+        x[2 * PARALLEL_MIN + 1000] = f32::INFINITY;
+        x[5 * PARALLEL_MIN + 16] = f32::NEG_INFINITY;
+        assert_eq!(first_non_finite(&x), Some(2 * PARALLEL_MIN + 1000));
+        assert_eq!(first_non_finite(&x[..100]), None);
+        assert_eq!(first_non_finite(&x[2 * PARALLEL_MIN..]), Some(1000));
+    }
 
     fn naive(a: &[f64], rows: usize, cols: usize, of: GramOf) -> Vec<f64> {
         let (m, k) = match of {

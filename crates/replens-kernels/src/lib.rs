@@ -13,7 +13,8 @@
 //! * the products of a linear layer with the output's columns shared among threads
 //!   ([`blocked_product`]), behind the decoder's and encoder's linear layers;
 //! * one-pass training steps of a small linear head ([`linear_head_pass`],
-//!   [`linear_head_logits`]) behind the AdUE head.
+//!   [`linear_head_logits`]) behind the AdUE head, and the head's per-row uncertainty and loss
+//!   gradient ([`smooth_max_uncertainty`], [`adue_row_gradients`]).
 //!
 //! They live in their own crate only for build reasons: replens's dev/test profile compiles the
 //! main crate at opt-level 1 (fast builds), which leaves these loops scalar and bounds-checked,
@@ -41,6 +42,7 @@ mod linear_head;
 mod pairwise;
 mod products;
 mod rowwise;
+mod smooth_max;
 mod triangle;
 pub use attention::{
     encoder_attention, encoder_attention_f32, rotary_attention_f32, AttentionDims,
@@ -53,13 +55,16 @@ pub use gram::{
     add_cross, add_gram_upper, add_widened, centred_unit_rows, column_sums, first_non_finite,
     gemm_parallelism, mirror_upper, shifted_side_by_side, GramOf, Real, GRAM_BLOCK,
 };
-pub use linear_head::{linear_head_logits, linear_head_pass};
+pub use linear_head::{linear_head_logits, linear_head_pass, ROW_GROUP};
 pub use pairwise::{
     lower_median_upper, rbf_upper, sq_distances, sq_distances_with_median,
     symmetric_quadratic_forms, KernelSums, PAIR_SAMPLE,
 };
 pub use products::{blocked_product, COLUMN_SPLIT_MIN_ROWS};
 pub use rowwise::{add, rms_norm, silu_mul};
+pub use smooth_max::{
+    adue_row_gradients, smooth_max_uncertainties, smooth_max_uncertainty, AdueLoss, U_MAX, U_MIN,
+};
 pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};
 
 /// Trailing blocks with at least this many rows are tridiagonalised on rayon's threads.
