@@ -823,6 +823,25 @@ fn fit_prepared(
     let mut progress = progress_label.map(|l| Progress::new(l, cfg.epochs, cfg.verbose));
     let d = classifier.dim();
     let (mut e, mut u_sr, mut batch_z) = (Vec::new(), Vec::new(), Vec::new());
+    // A batch of every row needs no gather: the loss is a sum over rows.
+    let full_batch = cfg.batch_size >= train.n;
+    let full_pass = |params: &[f32]| -> Result<Step> {
+        with_rows(&train.z, |z| {
+            loss_and_grad(
+                z,
+                &train.e,
+                &train.u_sr,
+                params,
+                &params0,
+                c,
+                cfg.lambda,
+                cfg.alpha,
+                cfg.beta,
+            )
+        })?
+    };
+    // The full-batch pass of the next epoch, computed alongside this epoch's validation.
+    let mut next_pass: Option<Result<Step>> = None;
     for epoch in 1..=cfg.epochs {
         if cfg.batch_size < train.n {
             // one batch of every row is a sum over all rows, whatever their order
@@ -831,21 +850,11 @@ fn fit_prepared(
         let (mut loss_sum, mut bce_sum, mut reg_sum, mut l2sp_sum) = (0.0, 0.0, 0.0, 0.0);
         let mut lr = cfg.lr;
         for chunk in order.chunks(cfg.batch_size) {
-            // A batch of every row needs no gather: the loss is a sum over rows.
-            let parts = if chunk.len() == train.n {
-                with_rows(&train.z, |z| {
-                    loss_and_grad(
-                        z,
-                        &train.e,
-                        &train.u_sr,
-                        &params,
-                        &params0,
-                        c,
-                        cfg.lambda,
-                        cfg.alpha,
-                        cfg.beta,
-                    )
-                })??
+            let parts = if full_batch {
+                match next_pass.take() {
+                    Some(pass) => pass?,
+                    None => full_pass(&params)?,
+                }
             } else {
                 with_rows(&train.z, |z| {
                     batch_z.clear();
@@ -877,7 +886,19 @@ fn fit_prepared(
             l2sp_sum += parts.l2sp * k;
         }
         let n = train.n as f64;
-        let auc = val_auc(&params, c, cfg.lambda, val, epoch)?;
+        let auc = if full_batch && epoch < cfg.epochs {
+            // The next epoch's pass reads the parameters this validation reads, so both run at
+            // once and share the threads (the serial AUC overlaps the pass). If early stopping
+            // ends the fit here, the pass is not used.
+            let (auc, pass) = rayon::join(
+                || val_auc(&params, c, cfg.lambda, val, epoch),
+                || full_pass(&params),
+            );
+            next_pass = Some(pass);
+            auc?
+        } else {
+            val_auc(&params, c, cfg.lambda, val, epoch)?
+        };
         log.push(EpochLog {
             epoch,
             loss: loss_sum / n,

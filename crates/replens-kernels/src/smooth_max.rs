@@ -65,7 +65,10 @@ fn uncertainty_of(a: &[f32], lambda: f64, p: &mut [f64], q: &mut [f64]) -> (f64,
         sum_q += *qc;
     }
     q.iter_mut().for_each(|qc| *qc /= sum_q);
-    let smooth_max = (max_lp + sum_q.ln()) / lambda;
+    // Σ q is exactly 1 whenever the other terms are below half an ulp of 1 (confident rows with
+    // λ = 100), and ln 1 = 0 exactly: no logarithm needed.
+    let log_sum_q = if sum_q == 1.0 { 0.0 } else { sum_q.ln() };
+    let smooth_max = (max_lp + log_sum_q) / lambda;
     let u = (1.0 - smooth_max) / (1.0 - 1.0 / a.len() as f64);
     (u.clamp(U_MIN, U_MAX), (U_MIN..=U_MAX).contains(&u))
 }
