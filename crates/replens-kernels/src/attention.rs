@@ -11,6 +11,8 @@
 
 use rayon::prelude::*;
 
+use crate::SendPtr;
+
 use crate::encoder::Float;
 
 /// Sizes of one attention call.
@@ -364,21 +366,4 @@ unsafe fn matmul_into<T: Float>(
         false,
         gemm::Parallelism::None,
     );
-}
-
-/// The output pointer shared among the tasks, each writing its own block.
-struct SendPtr<T>(*mut T);
-// SAFETY: the tasks write disjoint blocks (see the call sites) while `out` is borrowed mutably.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// The pointer `offset` values in (a method, so that a closure captures the whole `SendPtr`,
-    /// not its raw pointer field).
-    ///
-    /// # Safety
-    /// `offset` must stay inside the allocation.
-    unsafe fn at(&self, offset: usize) -> *mut T {
-        self.0.add(offset)
-    }
 }

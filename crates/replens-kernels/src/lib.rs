@@ -67,6 +67,25 @@ pub use smooth_max::{
 };
 pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};
 
+/// An output pointer shared among rayon's tasks, each writing its own part of the output
+/// (a block of rows, or of columns).
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: every use site has its tasks write disjoint parts while the output is borrowed
+// mutably, and waits for all of them before the borrow ends.
+unsafe impl<T> Sync for SendPtr<T> {}
+unsafe impl<T> Send for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer `offset` values in (a method, so that a closure captures the whole `SendPtr`,
+    /// not its raw pointer field).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the allocation.
+    pub(crate) unsafe fn at(&self, offset: usize) -> *mut T {
+        self.0.add(offset)
+    }
+}
+
 /// Trailing blocks with at least this many rows are tridiagonalised on rayon's threads.
 const PARALLEL_ROWS: usize = 192;
 
@@ -105,7 +124,7 @@ impl std::error::Error for NotConverged {}
 /// matrix-vector product: a row is updated and multiplied while it is in cache, so the block is
 /// read and written once per step. With the upper triangle, row i contributes Σ_{j≥i} a_ij v_j
 /// to the product's entry i and a_ij v_i to every entry j > i. Large trailing blocks are cut into
-/// [`STEP_CHUNKS`] row ranges of equal work, each adding into its own partial product on
+/// 8 row ranges of equal work, each adding into its own partial product on
 /// rayon's threads; the partials are then added in range order. The ranges depend only on the
 /// block's size, so the result does not depend on the number of threads (tested).
 pub fn tridiagonalise(

@@ -331,57 +331,39 @@ pub fn linear_head_logits(z: &[f32], d: usize, w: &[f32], b: &[f32], out: &mut [
 /// chosen at run time; no multiply-add is fused, so every build gives the same values.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_logits_avx512(
-        rows: &[f32],
-        d: usize,
-        w: &[f32],
-        b: &[f32],
-        out: &mut [f32],
-    ) {
-        super::block_logits(rows, d, w, b, out)
+    /// The two loops built for one target feature, `$lanes` columns at a time in the gradient.
+    macro_rules! build_for {
+        ($feature:literal, $logits:ident, $grad:ident, $lanes:literal) => {
+            /// # Safety
+            /// The CPU must support the target feature.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $logits(
+                rows: &[f32],
+                d: usize,
+                w: &[f32],
+                b: &[f32],
+                out: &mut [f32],
+            ) {
+                super::block_logits(rows, d, w, b, out)
+            }
+
+            /// # Safety
+            /// The CPU must support the target feature.
+            #[target_feature(enable = $feature)]
+            pub(super) unsafe fn $grad(
+                rows: &[f32],
+                d: usize,
+                g: &[f32],
+                c: usize,
+                acc: &mut [f32],
+            ) {
+                super::block_grad::<$lanes>(rows, d, g, c, acc)
+            }
+        };
     }
 
-    /// # Safety
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_grad_avx512(
-        rows: &[f32],
-        d: usize,
-        g: &[f32],
-        c: usize,
-        acc: &mut [f32],
-    ) {
-        super::block_grad::<64>(rows, d, g, c, acc)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn block_logits_avx2(
-        rows: &[f32],
-        d: usize,
-        w: &[f32],
-        b: &[f32],
-        out: &mut [f32],
-    ) {
-        super::block_logits(rows, d, w, b, out)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn block_grad_avx2(
-        rows: &[f32],
-        d: usize,
-        g: &[f32],
-        c: usize,
-        acc: &mut [f32],
-    ) {
-        super::block_grad::<32>(rows, d, g, c, acc)
-    }
+    build_for!("avx512f", block_logits_avx512, block_grad_avx512, 64);
+    build_for!("avx2", block_logits_avx2, block_grad_avx2, 32);
 }
 
 #[cfg(test)]

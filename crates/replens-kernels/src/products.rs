@@ -12,6 +12,7 @@
 use rayon::prelude::*;
 
 use crate::gram::Real;
+use crate::SendPtr;
 
 /// Fewer rows than this keep `gemm`'s own threading: `gemm` multiplies products of at most 64
 /// rows and 64 columns with another depth blocking (its small-matrix path), so splitting their
@@ -86,23 +87,7 @@ pub fn blocked_product<T: Real>(
     } else {
         1
     };
-    let y_ptr = YPtr(y.as_mut_ptr());
-    if slabs == 1 {
-        // SAFETY: columns 0..out_dim of the whole of `y`, which this call borrows mutably.
-        unsafe {
-            slab_product(
-                &y_ptr,
-                x,
-                rows,
-                blocks,
-                widths,
-                (0, out_dim),
-                out_dim,
-                threads,
-            )
-        };
-        return;
-    }
+    let y_ptr = SendPtr(y.as_mut_ptr());
     let bound = |s: usize| {
         if s == slabs {
             out_dim
@@ -110,22 +95,25 @@ pub fn blocked_product<T: Real>(
             s * out_dim / slabs / COLUMN_ALIGN * COLUMN_ALIGN
         }
     };
-    (0..slabs).into_par_iter().for_each(|s| {
-        // SAFETY: the slabs' column ranges are disjoint, so no two tasks write the same value
-        // of `y`, which this call borrows mutably until every task has returned.
-        unsafe {
-            slab_product(
-                &y_ptr,
-                x,
-                rows,
-                blocks,
-                widths,
-                (bound(s), bound(s + 1)),
-                out_dim,
-                1,
-            )
-        };
-    });
+    // SAFETY: the slabs' column ranges are disjoint, so no two tasks write the same value of
+    // `y`, which this call borrows mutably until every task has returned.
+    let slab = |s: usize, threads: usize| unsafe {
+        slab_product(
+            &y_ptr,
+            x,
+            rows,
+            blocks,
+            widths,
+            (bound(s), bound(s + 1)),
+            out_dim,
+            threads,
+        )
+    };
+    if slabs == 1 {
+        slab(0, threads);
+    } else {
+        (0..slabs).into_par_iter().for_each(|s| slab(s, 1));
+    }
 }
 
 /// Columns `j0..j1` of [`blocked_product`]'s `y`, with `threads` for each `gemm` call.
@@ -136,7 +124,7 @@ pub fn blocked_product<T: Real>(
 /// [`blocked_product`] asserts.
 #[allow(clippy::too_many_arguments)]
 unsafe fn slab_product<T: Real>(
-    y: &YPtr<T>,
+    y: &SendPtr<T>,
     x: &[T],
     rows: usize,
     blocks: &[&[T]],
@@ -174,22 +162,6 @@ unsafe fn slab_product<T: Real>(
             written = true;
         }
         start += width;
-    }
-}
-
-/// `y`'s pointer shared among the tasks, each writing its own columns.
-struct YPtr<T>(*mut T);
-// SAFETY: the tasks write disjoint columns (see `blocked_product`) while `y` is borrowed mutably.
-unsafe impl<T> Sync for YPtr<T> {}
-unsafe impl<T> Send for YPtr<T> {}
-
-impl<T> YPtr<T> {
-    /// The pointer `offset` values in (a method, so that a closure captures the whole `YPtr`).
-    ///
-    /// # Safety
-    /// `offset` must stay inside the allocation.
-    unsafe fn at(&self, offset: usize) -> *mut T {
-        self.0.add(offset)
     }
 }
 
