@@ -171,7 +171,7 @@ pub(crate) fn dense_matmul(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Opti
     if x.dims().last() != Some(&in_dim) || x.rank() < 2 || w_t.dtype() != x.dtype() {
         return Ok(None);
     }
-    let rows = x.elem_count() / in_dim.max(1);
+    let rows: usize = x.dims()[..x.rank() - 1].iter().product();
     let mut shape = x.dims().to_vec();
     *shape.last_mut().expect("rank ≥ 2") = out_dim;
     let threads = candle_core::utils::get_num_threads();
@@ -662,6 +662,10 @@ mod tests {
         }
         let x = random(&[4, 10], 23);
         assert!(dense_matmul(&x, &random(&[9, 3], 24)).unwrap().is_none());
+        // no inputs: zeros of the right shape, as candle's matmul gives
+        let (x, w_t) = (random(&[5, 0], 25), random(&[0, 3], 26));
+        let y = dense_matmul(&x, &w_t).unwrap().unwrap();
+        assert_eq!((y.dims(), values(&y)), (&[5, 3][..], vec![0.0; 15]));
     }
 
     #[test]

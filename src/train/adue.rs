@@ -137,7 +137,26 @@ impl LinearHead {
     /// Logits `z Wᵀ + b` of `(n, d)` features, `(n, C)` f32.
     pub fn logits(&self, z: &Tensor) -> Result<Tensor> {
         let z = self.features(z, "LinearHead::logits")?;
-        Ok(linear(&z, &self.weight, &self.bias)?)
+        let n = z.dims()[0];
+        Ok(Tensor::from_vec(
+            self.logits_of(&z)?,
+            (n, self.n_classes()),
+            &Device::Cpu,
+        )?)
+    }
+
+    /// The logits of features already checked by [`features`](Self::features), row-major, from
+    /// the kernel the training passes use ([`replens_kernels::linear_head_logits`]), so that the
+    /// classifier's predictions, AdUE's error targets and the head's own logits agree bit for
+    /// bit.
+    fn logits_of(&self, z: &Tensor) -> Result<Vec<f32>> {
+        let w = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        let b = self.bias.to_vec1::<f32>()?;
+        let mut logits = vec![0.0f32; z.dims()[0] * self.n_classes()];
+        with_rows(z, |rows| {
+            replens_kernels::linear_head_logits(rows, self.dim(), &w, &b, &mut logits)
+        })?;
+        Ok(logits)
     }
 
     /// Softmax probabilities, `(n, C)` f32.
@@ -175,10 +194,6 @@ impl LinearHead {
         with_rows(z, |v| check_finite(v, &what))??;
         Ok(z.clone())
     }
-}
-
-fn linear(z: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
-    z.matmul(&w.t()?)?.broadcast_add(b)
 }
 
 /// One split of the data: features `z` `(n, d)` and gold labels in `0..C`.
@@ -223,14 +238,9 @@ fn prepare(classifier: &LinearHead, split: Split<'_>, name: &str) -> Result<Prep
             c - 1
         )));
     }
-    // The classifier's softmax in f32 (torch's precision in the official code), from the logits
-    // of the training passes' kernel: p_max = e⁰ / Σ_c e^(a_c − a_max) = 1 / Σ.
-    let w = classifier.weight.flatten_all()?.to_vec1::<f32>()?;
-    let b = classifier.bias.to_vec1::<f32>()?;
-    let mut logits = vec![0.0f32; n * c];
-    with_rows(&z, |rows| {
-        replens_kernels::linear_head_logits(rows, classifier.dim(), &w, &b, &mut logits)
-    })?;
+    // The classifier's softmax in f32 (torch's precision in the official code), from its logits
+    // (those of `LinearHead::predict`): p_max = e⁰ / Σ_c e^(a_c − a_max) = 1 / Σ.
+    let logits = classifier.logits_of(&z)?;
     let scale = 1.0 - 1.0 / c as f32;
     let mut errors = Vec::with_capacity(n);
     let mut u_sr = Vec::with_capacity(n);

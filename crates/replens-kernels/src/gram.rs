@@ -344,7 +344,8 @@ pub fn first_non_finite<T: Real>(x: &[T]) -> Option<usize> {
 
 /// Blocks of 1024 values are checked with a branch-free (vectorised) fold, and only a block
 /// that fails is searched. Inputs of [`PARALLEL_MIN`] values or more are cut into chunks
-/// checked on rayon's threads, and the first failing chunk is searched (the same answer).
+/// checked on rayon's threads, each giving its first non-finite position; the smallest is the
+/// answer.
 fn first_non_finite_body<T: Real>(x: &[T]) -> Option<usize> {
     if x.len() < PARALLEL_MIN {
         return first_non_finite_serial(x);

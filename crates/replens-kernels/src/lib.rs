@@ -72,8 +72,8 @@ pub use triangle::{Block, UpperTriangle, TRIANGLE_BLOCK};
 pub(crate) struct SendPtr<T>(pub(crate) *mut T);
 // SAFETY: every use site has its tasks write disjoint parts while the output is borrowed
 // mutably, and waits for all of them before the borrow ends.
-unsafe impl<T> Sync for SendPtr<T> {}
-unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+unsafe impl<T: Send> Send for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
     /// The pointer `offset` values in (a method, so that a closure captures the whole `SendPtr`,
@@ -143,6 +143,9 @@ fn tridiagonalise_on_pool(
     n: usize,
     with_q: bool,
 ) -> (Vec<f64>, Vec<f64>, Option<Vec<f64>>) {
+    if n == 0 {
+        return (Vec::new(), Vec::new(), with_q.then(Vec::new));
+    }
     let mut diag = vec![0.0; n];
     let mut off = vec![0.0; n];
     let mut reflectors: Vec<(Vec<f64>, f64)> =
@@ -732,6 +735,14 @@ mod tests {
         };
         let (one, three) = (pool(1).install(run), pool(3).install(run));
         assert_eq!(one, three);
+    }
+
+    #[test]
+    fn an_empty_matrix_has_no_eigenvalues() {
+        assert_eq!(
+            tridiagonalise(&mut [], 0, true),
+            (vec![], vec![], Some(vec![]))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Why: with C = 2 both products of a training step (`Z Wᵀ` and `Gᵀ Z`) do 2 multiply-adds per
 //! value of Z they read, so a step is bound by reading Z, and a general matrix product reads it
-//! twice (and packs the skinny operand for each call). Here each group of 16 rows is read from
+//! twice (and packs the skinny operand for each call). Here each group of 8 rows is read from
 //! memory once, and read again from the L1 cache for its share of the gradient.
 
 use rayon::prelude::*;
@@ -106,8 +106,8 @@ const GRAD_GROUP: usize = 8;
 /// columns taken at a time (64 fill 8 AVX-512 registers for two classes, 32 fill 8 AVX2 ones):
 /// independent sums, so that the additions are not serialised on their latency.
 ///
-/// Terms of rows with a zero gradient are added too. For finite rows (the callers check them)
-/// that changes no bit: the products are ±0, and a sum that starts at +0 never becomes −0, so
+/// Terms of rows with a zero gradient are added too. For finite rows ([`linear_head_pass`]
+/// requires them) that changes no bit: the products are ±0, and a sum that starts at +0 never becomes −0, so
 /// adding ±0 leaves it as it is.
 #[inline(always)]
 fn block_grad<const L: usize>(rows: &[f32], d: usize, g: &[f32], c: usize, acc: &mut [f32]) {
@@ -262,6 +262,9 @@ fn head_block<T>(
 /// Blocks of 128 rows run on rayon's pool. Within a block the gradient is summed in f32, in row
 /// order; the blocks' sums are added in f64, in block order. The values come back one per
 /// group, in row order. The result does not depend on the number of threads.
+///
+/// `z` must be finite (the caller checks it): a row's terms are added to the gradient even
+/// where its gradient is 0, which for an infinite value would give NaN.
 ///
 /// # Panics
 /// When the slices disagree in size.

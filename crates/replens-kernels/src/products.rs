@@ -20,8 +20,8 @@ use crate::SendPtr;
 /// whatever the split (tested bit for bit), and small products gain nothing from threads anyway.
 pub const COLUMN_SPLIT_MIN_ROWS: usize = 65;
 
-/// Columns of a thread's share are a multiple of this (64 bytes of f32), so that two threads do
-/// not write the same cache line of `y`.
+/// A thread's share of the columns starts at a multiple of this (64 bytes of f32), so that, when
+/// `y`'s rows are 64-byte multiples, two threads rarely write the same cache line.
 const COLUMN_ALIGN: usize = 16;
 
 /// `y = Σ_b x[:, block b] · W_b` for the row-major `rows × in_dim` matrix `x` and the row
@@ -29,12 +29,17 @@ const COLUMN_ALIGN: usize = 16;
 /// block, each adding into `y` (`rows × out_dim`, row-major, overwritten), in block order.
 ///
 /// With `threads > 1` and at least [`COLUMN_SPLIT_MIN_ROWS`] rows, the columns of `y` are cut
-/// into `threads` slabs, each computed on one of rayon's threads by single-threaded calls; every
+/// into up to `threads` slabs (of at least 16 columns), each computed on one of rayon's threads
+/// by single-threaded calls; every
 /// value of `y` is summed in the same order either way, so the result does not depend on
 /// `threads` (tested).
 ///
+/// The bit-for-bit claim rests on how `gemm` 0.19 blocks its sums (its depth blocking depends on
+/// the depth only, except in its path for products of at most 64 × 64): the test
+/// `splitting_the_columns_changes_no_bit` must pass again after a `gemm` upgrade.
+///
 /// # Panics
-/// When a slice's length does not match its shape.
+/// When a slice's length does not match its shape, or a size overflows.
 ///
 /// ```
 /// // x = [[1, 2, 3]], W = [[1, 0], [0, 1]] then [[1, 1]]: y = [[1 + 3, 2 + 3]]
@@ -52,7 +57,16 @@ pub fn blocked_product<T: Real>(
     out_dim: usize,
     threads: usize,
 ) {
-    let in_dim: usize = widths.iter().sum();
+    // Sizes are computed with checks: a product that wrapped around could let slices far too
+    // short for the shapes pass the length checks below.
+    let in_dim = widths
+        .iter()
+        .try_fold(0usize, |sum, &w| sum.checked_add(w))
+        .expect("blocked_product: the widths' sum overflows");
+    let size = |a: usize, b: usize| {
+        a.checked_mul(b)
+            .expect("blocked_product: a matrix size overflows")
+    };
     assert_eq!(
         blocks.len(),
         widths.len(),
@@ -60,18 +74,18 @@ pub fn blocked_product<T: Real>(
     );
     assert_eq!(
         x.len(),
-        rows * in_dim,
+        size(rows, in_dim),
         "blocked_product: x is not rows × Σ widths"
     );
     assert_eq!(
         y.len(),
-        rows * out_dim,
+        size(rows, out_dim),
         "blocked_product: y is not rows × out_dim"
     );
     for (block, &width) in blocks.iter().zip(widths) {
         assert_eq!(
             block.len(),
-            width * out_dim,
+            size(width, out_dim),
             "blocked_product: a block is not width × out_dim"
         );
     }
@@ -258,6 +272,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "overflows")]
+    fn sizes_that_overflow_are_refused() {
+        // the widths' sum and the blocks' sizes wrap around to lengths these slices have
+        let mut y = vec![0.0f32; 2];
+        let huge = 1usize << (usize::BITS - 1);
+        blocked_product(
+            &mut y,
+            &[1.0],
+            1,
+            &[&[], &[], &[0.5, 0.5]],
+            &[huge, huge, 1],
+            2,
+            2,
+        );
     }
 
     #[test]

@@ -26,6 +26,9 @@ const ROWS_PER_TASK: usize = 256;
 /// and 0 outside). Both softmaxes subtract their maximum before exponentiating (exp(100)
 /// overflows f32, and in f64 it keeps the sums well scaled).
 ///
+/// # Panics
+/// When there are fewer than 2 classes, or `p` or `q` is not as long as `a`.
+///
 /// ```
 /// // equal logits: p = (½, ½), SmoothMax = ½ + ln 2 / λ, U = 1 − 2 ln 2 / λ
 /// let (mut p, mut q) = ([0.0; 2], [0.0; 2]);
@@ -34,6 +37,10 @@ const ROWS_PER_TASK: usize = 256;
 /// assert_eq!((p, q), ([0.5, 0.5], [0.5, 0.5]));
 /// ```
 pub fn smooth_max_uncertainty(a: &[f32], lambda: f64, p: &mut [f64], q: &mut [f64]) -> (f64, bool) {
+    assert!(
+        a.len() >= 2 && p.len() == a.len() && q.len() == a.len(),
+        "smooth_max_uncertainty: needs C ≥ 2 logits and p, q of length C"
+    );
     if let ([a0, a1], [p0, p1], [q0, q1]) = (a, &mut *p, &mut *q) {
         // Two classes (the common case) with lengths the compiler knows: the same operations
         // in the same order, so the same values, without the loops' overhead.
@@ -96,7 +103,7 @@ fn exp_or_one(x: f64) -> f64 {
 /// assert!(u[0] > 0.98 && u[1] == replens_kernels::U_MIN);
 /// ```
 pub fn smooth_max_uncertainties(logits: &[f32], c: usize, lambda: f64, out: &mut [f64]) {
-    assert!(c > 0 && logits.len() == out.len() * c);
+    assert!(c >= 2 && logits.len() == out.len() * c);
     logits
         .par_chunks(ROWS_PER_TASK * c)
         .zip(out.par_chunks_mut(ROWS_PER_TASK))
@@ -155,7 +162,7 @@ pub fn adue_row_gradients(
     loss: AdueLoss,
     grad: &mut [f32],
 ) -> (f64, f64) {
-    assert!(c > 0 && logits.len() == e.len() * c && e.len() == u_sr.len());
+    assert!(c >= 2 && logits.len() == e.len() * c && e.len() == u_sr.len());
     assert_eq!(grad.len(), logits.len());
     let inv_b = 1.0 / loss.batch_rows as f64;
     let norm = 1.0 / (1.0 - 1.0 / c as f64);
