@@ -208,10 +208,7 @@ impl Dense {
     /// `(n, in)` → `(n, out)`. The bias goes through [`super::fast::add_bias`] where it applies
     /// (the same values as `broadcast_add`, without candle's element-wise thread pool).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let xw = match super::fast::dense_matmul(x, &self.w_t)? {
-            Some(xw) => xw,
-            None => x.matmul(&self.w_t)?,
-        };
+        let xw = super::fast::linear_matmul(x, &self.w_t)?;
         match super::fast::add_bias(&xw, &self.b)? {
             Some(y) => Ok(y),
             None => xw.broadcast_add(&self.b),
@@ -275,10 +272,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
             CpuStorage::F64(v) => Tensor::from_slice(&v[start..end], layout.shape(), &device)?,
             _ => candle_core::bail!("frozen-matmul: only f32 and f64 are supported"),
         };
-        let y = match super::fast::dense_matmul(&x, &self.w_t)? {
-            Some(y) => y,
-            None => x.matmul(&self.w_t)?,
-        };
+        let y = super::fast::linear_matmul(&x, &self.w_t)?;
         let shape = y.shape().clone();
         let flat = y.flatten_all()?;
         let out = match y.dtype() {

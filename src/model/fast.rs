@@ -187,6 +187,15 @@ pub(crate) fn dense_matmul(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Opti
     )
 }
 
+/// `x.matmul(w_t)` for a linear layer's `(in, out)` weight: through [`dense_matmul`] where it
+/// applies (the same values), else candle's.
+pub(crate) fn linear_matmul(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Tensor> {
+    match dense_matmul(x, w_t)? {
+        Some(y) => Ok(y),
+        None => x.matmul(w_t),
+    }
+}
+
 /// Llama-family self-attention from the projections: `softmax(rope(q) rope(k)ᵀ · scale + mask) v`
 /// per sequence and head, [`replens_kernels::rotary_attention_f32`]. `q`: `(b, t, heads ·
 /// head_dim)`, `k` and `v`: `(b, t, kv_heads · head_dim)`, `cos` and `sin`: `(t, head_dim / 2)`,

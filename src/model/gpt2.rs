@@ -182,16 +182,13 @@ impl Conv1D {
         })
     }
 
-    /// The product goes through [`super::fast::dense_matmul`] where it applies (the output's
-    /// columns shared among the threads; the same values as candle's matmul).
+    /// The product goes through [`super::fast::linear_matmul`] (the output's columns shared
+    /// among the threads; the same values as candle's matmul).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (b, t, k) = x.dims3()?;
-        let x = x.reshape((b * t, k))?;
-        let xw = match super::fast::dense_matmul(&x, &self.weight)? {
-            Some(xw) => xw,
-            None => x.matmul(&self.weight)?,
-        };
-        xw.broadcast_add(&self.bias)?.reshape((b, t, ()))
+        super::fast::linear_matmul(&x.reshape((b * t, k))?, &self.weight)?
+            .broadcast_add(&self.bias)?
+            .reshape((b, t, ()))
     }
 }
 
